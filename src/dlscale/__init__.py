@@ -1,0 +1,22 @@
+"""dlscale: train deep-learning models from a laptop CPU to a GPU cluster and measure
+what the hardware buys (throughput, FLOPs, MFU, compute, scaling).
+
+    import dlscale
+    result = dlscale.fit("cnn", "digits", epochs=3)
+    result.summary["test_accuracy"]
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "fit", "FitResult", "UserError"]
+
+from dlscale.errors import UserError
+
+
+def __getattr__(name):
+    # Importing torch takes about a second; `dlscale --version` should not pay it.
+    if name in ("fit", "FitResult"):
+        from dlscale import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'dlscale' has no attribute {name!r}")
