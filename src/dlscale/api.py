@@ -1,0 +1,120 @@
+"""``dlscale.fit``: the Python face of ``dlscale train``, for scripts and notebooks.
+
+    import dlscale
+    result = dlscale.fit("cnn", "digits", epochs=5)
+    result = dlscale.fit(my_module, (x_train, y_train), val_data=(x_val, y_val), epochs=3)
+    result.summary["test_accuracy"]      # the same dict as the run's summary.json
+
+Bad input raises ``dlscale.UserError`` (the CLI turns the same error into one line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from dlscale import config as config_mod
+from dlscale.data import Splits
+from dlscale.errors import UserError
+from dlscale.progress import TrainProgress, make_console
+from dlscale.train import train
+
+
+@dataclass
+class FitResult:
+    summary: dict[str, Any]  # the same dict as summary.json
+    run_dir: Path
+    model: torch.nn.Module  # the trained module (on the device it trained on)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Every metrics.jsonl record of the run: training intervals and evaluations."""
+        from dlscale.runs import read_metrics
+
+        return read_metrics(self.run_dir / "metrics.jsonl")
+
+
+DataLike = str | Dataset | tuple[Any, Any]
+
+
+def fit(
+    model: str | torch.nn.Module = "cnn",
+    train_data: DataLike = "digits",
+    val_data: Dataset | tuple[Any, Any] | None = None,
+    *,
+    test_data: Dataset | tuple[Any, Any] | None = None,
+    devices: str | None = None,
+    verbose: bool = True,
+    **options: Any,
+) -> FitResult:
+    """Train ``model`` on ``train_data`` and return the run's summary.
+
+    ``model`` is a zoo name or any ``torch.nn.Module`` (classifier returning (B, C)
+    logits, or language model returning (B, T, V)). ``train_data`` is a data name or
+    path, a ``Dataset`` of (input, label) pairs, or a pair of tensors/arrays (x, y).
+    Every ``dlscale train`` option is a keyword here (epochs=, batch_size=, lr=,
+    precision=, device= or devices=, run_dir=, ...).
+    """
+    if devices is not None:
+        options.setdefault("device", devices)
+    unknown = set(options) - set(config_mod.field_names())
+    if unknown:
+        raise UserError(f"fit() got unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(config_mod.field_names())}")
+    module = model if isinstance(model, torch.nn.Module) else None
+    if module is None and not isinstance(model, str):
+        raise UserError(f"model must be a zoo name or a torch.nn.Module, got {type(model).__name__}")
+
+    splits = None
+    if not isinstance(train_data, str):
+        splits = _splits_from_user_data(train_data, val_data, test_data)
+        options["data"] = "custom"
+    elif val_data is not None or test_data is not None:
+        raise UserError("val_data/test_data go with train_data given as a Dataset or (x, y); a data name brings its own splits")
+    else:
+        options["data"] = train_data
+    options["model"] = model if isinstance(model, str) else type(model).__name__
+
+    config = config_mod.build({}, **options)
+    progress = TrainProgress(make_console(), enabled=verbose)
+    result = train(config, options, model=module, data=splits, progress=progress)
+    return FitResult(summary=result.summary, run_dir=result.run_dir, model=result.model)
+
+
+def _as_dataset(data: Dataset | tuple[Any, Any] | None, what: str) -> Dataset | None:
+    if data is None or isinstance(data, Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = (torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for v in data)
+        if len(x) != len(y):
+            raise UserError(f"{what}: x has {len(x)} samples but y has {len(y)}; give equal lengths")
+        if x.is_floating_point():
+            x = x.float()
+        return TensorDataset(x, y.long())
+    raise UserError(f"{what} must be a Dataset or a pair (x, y) of tensors/arrays, got {type(data).__name__}")
+
+
+def _splits_from_user_data(train_data: Any, val_data: Any, test_data: Any) -> Splits:
+    train_set = _as_dataset(train_data, "train_data")
+    if len(train_set) == 0:
+        raise UserError("train_data is empty; give at least one batch of samples")
+    x0, y0 = train_set[0]
+    x0, y0 = torch.as_tensor(x0), torch.as_tensor(y0)
+    tokens = not x0.is_floating_point() and x0.dim() == 1 and y0.shape == x0.shape
+    labels = train_set.tensors[1] if isinstance(train_set, TensorDataset) else torch.stack([torch.as_tensor(train_set[i][1]) for i in range(len(train_set))])
+    num_classes = int(labels.max()) + 1
+    if tokens and isinstance(train_set, TensorDataset):
+        num_classes = max(num_classes, int(train_set.tensors[0].max()) + 1)
+    return Splits(
+        name="custom",
+        kind="tokens" if tokens else "image",
+        input_shape=tuple(x0.shape),
+        num_classes=num_classes,
+        train=train_set,
+        val=_as_dataset(val_data, "val_data"),
+        test=_as_dataset(test_data, "test_data"),
+    )

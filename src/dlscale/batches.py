@@ -1,0 +1,83 @@
+"""Which samples go into each step: deterministic, resumable mid-epoch, shardable by rank.
+
+Epoch ``e`` visits a permutation seeded by (seed, e), cut into global batches; the last
+incomplete batch is dropped so every step sees the full global batch (reshuffling
+means every sample is still seen across epochs). Worker ``rank`` of ``world`` takes
+its contiguous slice of each global batch, so N workers together see exactly the
+samples one worker would: the same global batch, the same gradient.
+
+Because step k of epoch e is a pure function of (seed, e, k), resuming mid-epoch is
+just starting the iteration at k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BatchOrder:
+    num_samples: int
+    global_batch: int
+    seed: int
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_samples // self.global_batch
+
+    @property
+    def local_batch(self) -> int:
+        return self.global_batch // self.world
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_samples, generator=generator)
+
+    def local_indices(self, permutation: torch.Tensor, step: int) -> torch.Tensor:
+        start = step * self.global_batch + self.rank * self.local_batch
+        return permutation[start : start + self.local_batch]
+
+
+def _tensors(dataset: Dataset) -> tuple[torch.Tensor, ...] | None:
+    """In-memory data is indexed directly: one gather per batch, no per-sample Python."""
+    return dataset.tensors if isinstance(dataset, TensorDataset) else None
+
+
+def train_batches(
+    dataset: Dataset, order: BatchOrder, epoch: int, start_step: int = 0, workers: int = 0
+) -> Iterator[Batch]:
+    """This rank's batches of ``epoch``, from step ``start_step`` to the end of the epoch."""
+    permutation = order.permutation(epoch)
+    steps = range(start_step, order.steps_per_epoch)
+    tensors = _tensors(dataset)
+    if tensors is not None:
+        for step in steps:
+            index = order.local_indices(permutation, step)
+            yield tensors[0][index], tensors[1][index]
+        return
+    batch_lists = [order.local_indices(permutation, step).tolist() for step in steps]
+    yield from DataLoader(dataset, batch_sampler=batch_lists, num_workers=workers)
+
+
+def eval_batches(
+    dataset: Dataset, batch_size: int, rank: int = 0, world: int = 1, workers: int = 0
+) -> Iterator[Batch]:
+    """This rank's contiguous share of ``dataset``: every sample counted exactly once, no padding."""
+    n = len(dataset)
+    lo, hi = n * rank // world, n * (rank + 1) // world
+    tensors = _tensors(dataset)
+    if tensors is not None:
+        for start in range(lo, hi, batch_size):
+            stop = min(start + batch_size, hi)
+            yield tensors[0][start:stop], tensors[1][start:stop]
+        return
+    batch_lists = [list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size)]
+    yield from DataLoader(dataset, batch_sampler=batch_lists, num_workers=workers)

@@ -1,0 +1,194 @@
+"""The training configuration: one typed dataclass, read from TOML, overridden by flags.
+
+Every key mirrors a ``dlscale train`` flag (``--batch-size`` is ``batch_size``). The
+run directory gets the fully resolved configuration as ``config.toml``; passing that
+file back with ``--config`` reproduces the run. Values are checked when the object
+is built, so a bad value fails before any model or data is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from dlscale.errors import UserError
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+STRATEGIES = ("ddp", "fsdp")
+
+# Keys that describe one invocation rather than the experiment: they are not written
+# to config.toml, so re-running that file starts a new run instead of touching the old.
+INVOCATION_KEYS = ("run_dir", "resume")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what a training run does. ``None`` means "choose for me"."""
+
+    model: str = "cnn"
+    data: str = "digits"
+    epochs: int = 10
+    max_steps: int | None = None  # when set, it wins over epochs
+    batch_size: int = 64  # global: summed over all workers
+    lr: float | None = None  # None: 1e-3 for AdamW, 0.1 for SGD (scaled by batch/256)
+    optimizer: str = "adamw"
+    momentum: float = 0.9  # SGD only
+    weight_decay: float | None = None  # None: 0.01 for AdamW, 5e-4 for SGD
+    schedule: str = "cosine"
+    warmup_steps: int | None = None  # None: 5% of the steps
+    grad_clip: float = 0.0  # max global grad norm; 0 turns clipping off
+    grad_accum: int = 1  # micro-batches per optimizer step; the batch is split among them
+    precision: str = "auto"  # auto: bf16 on a GPU that has it, fp32 elsewhere
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    compile: bool | None = None  # None: on for CUDA, off for CPU
+    channels_last: bool | None = None  # None: on for conv nets on CUDA
+    nproc: int = 1
+    nnodes: int = 1
+    strategy: str = "ddp"
+    checkpoint_every: int = 0  # steps between checkpoints; 0: only at the end
+    keep_checkpoints: int = 2  # newest complete checkpoints kept; 0 keeps all
+    resume: str | None = None  # "auto" or a run directory
+    run_dir: str | None = None
+    seed: int = 0
+    target_accuracy: float | None = None  # record time to reach this validation accuracy
+    log_every: int | None = None  # steps between metric lines; None: about 50 per run
+    eval_every_epoch: bool = True
+    synthetic_samples: int | None = None  # training-set size for --data synthetic
+    workers: int = 0  # DataLoader worker processes for lazily read data
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        positive = ["epochs", "batch_size", "grad_accum", "nproc", "nnodes"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "log_every", "synthetic_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"{_flag(name)} must be at least 1, got {value}")
+        for name in ("checkpoint_every", "keep_checkpoints", "workers", "warmup_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise UserError(f"{_flag(name)} must be 0 or more, got {value}")
+        for name in ("lr", "momentum", "weight_decay", "grad_clip", "target_accuracy"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise UserError(f"{_flag(name)} must be a finite number, got {value}")
+        if self.lr is not None and self.lr <= 0:
+            raise UserError(f"--lr must be greater than 0, got {self.lr}")
+        for name in ("momentum", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise UserError(f"{_flag(name)} must be 0 or more, got {value}")
+        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
+            raise UserError(
+                f"--target-accuracy is a fraction in (0, 1], got {self.target_accuracy}"
+            )
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        if self.batch_size % self.grad_accum:
+            raise UserError(
+                f"--batch-size {self.batch_size} does not split into --grad-accum "
+                f"{self.grad_accum} equal micro-batches; pick a batch size divisible by it"
+            )
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{_flag(name)} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _expected_types(field: dataclasses.Field) -> tuple[type, ...]:
+    """The Python types a field accepts, read from its annotation string."""
+    annotation = str(field.type)
+    kinds: list[type] = []
+    for part in annotation.split("|"):
+        part = part.strip()
+        kinds += {"int": [int], "float": [float, int], "str": [str], "bool": [bool]}.get(part, [])
+    return tuple(kinds)
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    if float in types:
+        return "a number"
+    return {int: "an integer", str: "a string", bool: "true or false"}[types[0]]
+
+
+def _check_types(config: TrainConfig) -> None:
+    for field in fields(config):
+        value = getattr(config, field.name)
+        if value is None:
+            if "None" in str(field.type):
+                continue
+            raise UserError(f"{field.name} must be set; it has no 'choose for me' value")
+        types = _expected_types(field)
+        # bool is a subclass of int: `batch_size = true` must not pass as 1.
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            raise UserError(
+                f"{field.name} must be {_type_name(types)}, got {type(value).__name__} {value!r}"
+            )
+    if isinstance(config.lr, int):
+        config.lr = float(config.lr)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a config file into a dict of known keys, or raise UserError saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; give the path to a .toml file")
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read config file {path}: {exc}") from None
+    known = set(field_names())
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise UserError(
+                f"unknown key {key!r} in {path}; valid keys are: {', '.join(sorted(known))}"
+            )
+        values[name] = value
+    return values
+
+
+def build(file_values: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults, then the config file's values, then explicit overrides (flags)."""
+    values = dict(file_values or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("max_steps") is None and "epochs" in overrides and overrides["epochs"]:
+        # --epochs on the command line beats a max_steps from the file.
+        values.pop("max_steps", None)
+    return TrainConfig(**values)
+
+
+def to_toml_dict(config: TrainConfig) -> dict[str, Any]:
+    """The config as TOML-writable values: no None (TOML has no null), no invocation keys."""
+    return {
+        name: value
+        for name, value in dataclasses.asdict(config).items()
+        if value is not None and name not in INVOCATION_KEYS
+    }

@@ -1,0 +1,123 @@
+"""What a person sees while a run trains: a rich progress bar on a terminal, one plain
+line per epoch, and a summary table at the end. Everything goes to stderr so that
+stdout stays free for ``--json``; with no terminal attached the bar is off and the
+output is plain lines.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+
+def make_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def _si(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f} {prefix}{unit}"
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+class TrainProgress:
+    """The training display; ``enabled=False`` makes every call a no-op (quiet runs, ranks > 0)."""
+
+    def __init__(self, console: Console | None, enabled: bool = True) -> None:
+        self.console = console or make_console()
+        self.enabled = enabled
+        self._progress: Progress | None = None
+        self._task = None
+
+    def print(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text)
+
+    def start(self, total_steps: int, done_steps: int) -> None:
+        if not self.enabled or not self.console.is_terminal:
+            return
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._task = self._progress.add_task(
+            "train", total=total_steps, completed=done_steps, rate="", loss="-"
+        )
+        self._progress.start()
+
+    def advance(self, epoch: int, epochs: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, description=f"epoch {epoch + 1}/{epochs}")
+
+    def show_rate(self, samples_per_second: float, loss: float, unit: str) -> None:
+        if self._progress is not None:
+            self._progress.update(
+                self._task, rate=f"{samples_per_second:,.0f} {unit}/s", loss=f"{loss:.4f}"
+            )
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def epoch_line(self, record: dict[str, Any], epochs: int) -> None:
+        parts = [f"epoch {record['epoch'] + 1}/{epochs}", f"step {record['step']}"]
+        if record.get("train_loss") is not None:
+            parts.append(f"train loss {record['train_loss']:.4f}")
+        if record.get("val_loss") is not None:
+            parts.append(f"val loss {record['val_loss']:.4f}")
+            parts.append(f"val acc {_percent(record['val_accuracy'])}")
+        self.print("  ".join(parts))
+
+    def summary_table(self, summary: dict[str, Any], run_dir: str) -> None:
+        if not self.enabled:
+            return
+        table = Table(title="dlscale run summary", show_header=False)
+        table.add_column("what")
+        table.add_column("value", justify="right")
+        rows = [
+            ("model / data", f"{summary['model']} / {summary['data']}"),
+            ("device / precision", f"{summary['device']} / {summary['precision']}"),
+            ("steps / epochs", f"{summary['steps']} / {summary['epochs']}"),
+            ("test accuracy", _percent(summary["test_accuracy"])),
+            ("test loss", "n/a" if summary["test_loss"] is None else f"{summary['test_loss']:.4f}"),
+            ("final train loss", "n/a" if summary["final_loss"] is None else f"{summary['final_loss']:.4f}"),
+            ("samples/s", "n/a" if summary["samples_per_second"] is None else f"{summary['samples_per_second']:,.0f}"),
+            ("FLOPs per sample (train)", _si(summary["flops_per_sample"], "FLOP")),
+            ("total FLOPs", _si(summary["total_flops"], "FLOP")),
+            ("achieved", _si(summary["achieved_flops_per_second"], "FLOP/s")),
+            ("MFU", _percent(summary["mfu"])),
+            ("train time", f"{summary['train_seconds']:.2f} s"),
+            ("wall time", f"{summary['wall_seconds']:.2f} s"),
+            ("run directory", run_dir),
+        ]
+        if summary.get("time_to_target_seconds") is not None:
+            rows.insert(4, ("time to target accuracy", f"{summary['time_to_target_seconds']:.2f} s"))
+        for name, value in rows:
+            table.add_row(name, value)
+        self.console.print(table)
