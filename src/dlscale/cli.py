@@ -118,7 +118,10 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # name the subcommand's help, which lists its flags
+            where = f"dlscale {args.command}" if args.command else "dlscale"
+            raise UserError(f"unrecognized arguments: {' '.join(extra)} (see '{where} --help')")
         if args.command is None:
             parser.print_help(sys.stderr)
             return EXIT_USER_ERROR

@@ -50,11 +50,21 @@ SUMMARY_KEYS = (
 )
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
@@ -112,8 +122,8 @@ def holds_run(path: Path) -> bool:
     return (path / "config.toml").exists() or (path / "summary.json").exists()
 
 
-def create_run_dir(path: Path) -> Path:
-    """Create a fresh run directory, refusing to reuse one that holds another run."""
+def check_new_run_dir(path: Path) -> None:
+    """Refuse, before any work, a run directory that is a file or holds another run."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"run directory {path} is a file; give --run-dir a directory path")
@@ -122,6 +132,12 @@ def create_run_dir(path: Path) -> Path:
             f"run directory {path} already holds a run; continue it with --resume {path} "
             "or give another --run-dir"
         )
+
+
+def create_run_dir(path: Path) -> Path:
+    """Create a fresh run directory, refusing to reuse one that holds another run."""
+    path = Path(path)
+    check_new_run_dir(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"

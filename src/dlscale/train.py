@@ -305,6 +305,8 @@ def setup(
         total_steps=total_steps, epochs=epochs, flops=flops, metrics=runs.MetricsLog(run_dir / "metrics.jsonl"),
         tokens_per_sample=splits.input_shape[0] if splits.kind == "tokens" else 1,
     )
+    if resume_from is None and not runs.holds_run(run_dir):
+        runs.create_run_dir(run_dir)
     runs.write_toml(run_dir / "config.toml", config_mod.to_toml_dict(config))
     runs.write_json(run_dir / "hardware.json", inventory())
     start_step = restore_checkpoint(job, resume_from) if resume_from else 0
@@ -333,7 +335,13 @@ def locate_run(config: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainCon
             )
     if candidate is None:
         run_dir = Path(config.run_dir) if config.run_dir else runs.default_run_dir(config.model, config.data)
-        return config.replace(resume=None), runs.create_run_dir(run_dir), None
+        runs.check_new_run_dir(run_dir)  # created only once the model and data are known to be fine
+        return config.replace(resume=None), run_dir, None
+    if (candidate / "summary.json").exists():
+        raise UserError(
+            f"run {candidate} has already finished (its summary.json is there) and is kept as it is; "
+            "start a new run with another --run-dir"
+        )
     resumed = config_mod.build(
         config_mod.read_toml(candidate / "config.toml"),
         **{**overrides, "run_dir": str(candidate), "resume": str(candidate)},

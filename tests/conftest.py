@@ -1,0 +1,30 @@
+"""Shared helpers for the tests: run the real CLI in a subprocess, read a run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run `python -m dlscale ...` as a user would; stdout/stderr captured as text."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "dlscale", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+    )
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """`cli(args)` runs the command in a fresh working directory."""
+    return lambda args, **kw: run_cli(args, cwd=tmp_path, **kw)

@@ -1,0 +1,131 @@
+"""End-to-end behaviour of the trainer through the real command."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import last_json, run_cli
+from dlscale.runs import SUMMARY_KEYS, read_metrics
+
+SLOW_RUN = ["--data", "synthetic:3x32x32", "--max-steps", "56", "--checkpoint-every", "8", "--seed", "3"]
+
+
+def test_default_train_reaches_97_percent_on_digits_and_writes_the_run_directory(tmp_path):
+    done = run_cli(["train", "--json"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = last_json(done.stdout)
+    assert set(SUMMARY_KEYS) <= set(summary)
+    assert summary["model"] == "cnn" and summary["data"] == "digits"
+    assert summary["test_accuracy"] >= 0.97
+    run_dir = tmp_path / summary["run_dir"]
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    for name in ("config.toml", "metrics.jsonl", "hardware.json", "checkpoints/latest/state.pt"):
+        assert (run_dir / name).exists(), name
+    records = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in records if r["kind"] == "val"] == list(range(10))
+    assert summary["flops_per_sample"] > 0 and summary["total_flops"] == summary["flops_per_sample"] * 64 * summary["steps"]
+    assert "epoch 10/10" in done.stderr and "test accuracy" in done.stderr
+
+
+def test_config_file_of_a_run_reproduces_it(tmp_path):
+    first = run_cli(["train", "--model", "mlp", "--max-steps", "30", "--lr", "0.003", "--run-dir", "a", "--json"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = run_cli(["train", "--config", "a/config.toml", "--run-dir", "b", "--json"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    a, b = last_json(first.stdout), last_json(again.stdout)
+    assert (a["final_loss"], a["test_loss"], a["steps"]) == (b["final_loss"], b["test_loss"], b["steps"])
+    assert (tmp_path / "a/config.toml").read_text() == (tmp_path / "b/config.toml").read_text()
+
+
+def _kill_once_checkpointed(proc: subprocess.Popen, run_dir: Path, step: int) -> None:
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoints" / f"step-{step}").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_a_run_killed_mid_training_resumes_to_exactly_the_same_loss(tmp_path):
+    whole = run_cli(["train", *SLOW_RUN, "--run-dir", "whole", "--json"], cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    expected = last_json(whole.stdout)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dlscale", "train", *SLOW_RUN, "--run-dir", "killed"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    _kill_once_checkpointed(proc, tmp_path / "killed", 40)  # mid-epoch: 32 steps per epoch
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "summary.json").exists()
+
+    resumed = run_cli(["train", "--resume", "killed", "--json"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    got = last_json(resumed.stdout)
+    assert "resuming at step" in resumed.stderr
+    assert got["final_loss"] == expected["final_loss"]
+    assert got["test_loss"] == expected["test_loss"] and got["steps"] == 56
+    steps = [r["step"] for r in read_metrics(tmp_path / "killed" / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 56  # no step logged twice
+
+
+def test_resume_auto_finds_the_unfinished_run(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dlscale", "train", *SLOW_RUN], cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("runs/*/checkpoints/step-16")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    (killed,) = (tmp_path / "runs").iterdir()
+    resumed = run_cli(["train", *SLOW_RUN, "--resume", "auto", "--json"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert Path(last_json(resumed.stdout)["run_dir"]).name == killed.name
+    assert len(list((tmp_path / "runs").iterdir())) == 1
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    done = run_cli(
+        ["train", "--model", "mlp", "--optimizer", "sgd", "--lr", "1e30", "--warmup-steps", "0",
+         "--max-steps", "60", "--checkpoint-every", "1", "--keep-checkpoints", "0", "--log-every", "1", "--run-dir", "r"],
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error: loss became") and "at step" in line and "Traceback" not in done.stderr
+    bad_step = int(line.split("at step ")[1].split(";")[0])
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "r/checkpoints").glob("step-*"))
+    assert checkpoints and max(checkpoints) == bad_step - 1
+    assert not (tmp_path / "r/summary.json").exists()
+
+
+def test_target_accuracy_records_time_and_step(tmp_path):
+    done = run_cli(["train", "--epochs", "3", "--target-accuracy", "0.5", "--json"], cwd=tmp_path)
+    summary = last_json(done.stdout)
+    assert summary["time_to_target_seconds"] > 0 and summary["time_to_target_step"] in (19, 38, 57)
+
+
+def test_language_model_on_a_text_file_reports_tokens(tmp_path):
+    (tmp_path / "book.txt").write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    done = run_cli(["train", "--model", "gpt-tiny", "--data", "book.txt", "--max-steps", "12", "--batch-size", "8", "--json"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = last_json(done.stdout)
+    assert summary["seq_len"] == 64 and summary["tokens_per_second"] == pytest.approx(summary["samples_per_second"] * 64)
+    assert summary["test_loss"] is not None and 0 <= summary["test_accuracy"] <= 1
+
+
+def test_bf16_and_grad_accum_and_sgd_run_on_cpu(tmp_path):
+    done = run_cli(["train", "--model", "mlp", "--precision", "bf16", "--grad-accum", "4", "--optimizer", "sgd",
+                    "--grad-clip", "1.0", "--max-steps", "20", "--json"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = last_json(done.stdout)
+    assert summary["precision"] == "bf16" and summary["steps"] == 20
