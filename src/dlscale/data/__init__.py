@@ -1,0 +1,95 @@
+"""Data sets by name or path: `load_data` picks the reader and returns train/val/test splits.
+
+Built-in names: "digits" (scikit-learn's 8x8 digits) and "synthetic" (shaped like
+the model wants, or "synthetic:CxHxW" / "synthetic:SEQ_LEN"). Anything else is a
+path to files the user has; the reader is chosen by what is found there:
+
+- a directory with MNIST IDX files, CIFAR-10 python batches, or class subfolders of images
+- a .npz file with arrays x and y
+- any other file that is text (byte-level tokens)
+
+Image samples are (x float32 [C, H, W] or [F], y int64 scalar); token samples are
+(x int64 [T], y int64 [T]) with y the next token of each position. dlscale never downloads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dlscale.data.cifar import find_cifar_dir, load_cifar
+from dlscale.data.digits import load_digits
+from dlscale.data.idx import is_idx_dir, load_idx
+from dlscale.data.imagefolder import is_image_folder, load_image_folder
+from dlscale.data.npz import load_npz
+from dlscale.data.splits import DataSpec, Splits
+from dlscale.data.synthetic import load_synthetic
+from dlscale.data.text import is_text_file, load_text
+from dlscale.errors import UserError
+
+__all__ = ["DATA_NAMES", "DataSpec", "Splits", "load_data"]
+
+DATA_NAMES: tuple[str, ...] = ("digits", "synthetic")
+DEFAULT_TEXT_SEQ_LEN = 128
+
+CHOICES = (
+    "digits, synthetic, synthetic:CxHxW (e.g. synthetic:3x32x32), synthetic:SEQ_LEN (e.g. synthetic:128), "
+    "or a path to a directory of MNIST IDX files, CIFAR-10 python batches or class subfolders of images, "
+    "an .npz file with x and y, or a text file"
+)
+
+
+def load_data(name_or_path: str, want: DataSpec, *, seed: int = 0, synthetic_samples: int | None = None) -> Splits:
+    """Load a built-in data set or the user's files; `want` shapes synthetic data and sets seq_len for text."""
+    if name_or_path == "digits":
+        return load_digits()
+    if name_or_path == "synthetic" or name_or_path.startswith("synthetic:"):
+        return load_synthetic(name_or_path, want, seed=seed, samples=synthetic_samples)
+
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        if _looks_like_path(name_or_path):
+            raise UserError(f"data path {name_or_path} does not exist; give {CHOICES}")
+        raise UserError(f"unknown data {name_or_path!r}; give {CHOICES} (dlscale downloads nothing)")
+    try:
+        return _load_path(path, name_or_path, want)
+    except OSError as error:  # e.g. a folder we may not list; readers report their own file errors
+        reason = error.strerror or error
+        raise UserError(f"cannot read {name_or_path} ({reason}); check the path and its permissions") from None
+
+
+def _load_path(path: Path, name: str, want: DataSpec) -> Splits:
+    """Pick the reader by what is at an existing path."""
+    if path.is_dir():
+        return _load_directory(path, name)
+    if path.suffix.lower() == ".npz":
+        return load_npz(path, name)
+
+    if path.is_file() and is_text_file(path):
+        seq_len = want.input_shape[0] if want.kind == "tokens" else DEFAULT_TEXT_SEQ_LEN
+        return load_text(path, name, seq_len)
+    raise UserError(
+        f"{name} is neither text nor an .npz file; for MNIST or CIFAR-10 give the directory that holds "
+        f"the files, otherwise give {CHOICES}"
+    )
+
+
+def _load_directory(path: Path, name: str) -> Splits:
+    """The first reader whose files are in the directory, in the order IDX, CIFAR-10, image folder."""
+    if is_idx_dir(path):
+        return load_idx(path, name)
+    cifar_dir = find_cifar_dir(path)
+    if cifar_dir is not None:
+        return load_cifar(cifar_dir, name)
+    if is_image_folder(path):
+        return load_image_folder(path, name)
+    raise UserError(
+        f"no usable data in directory {name}: looked for MNIST IDX files (train-images-idx3-ubyte, "
+        "train-labels-idx1-ubyte, raw or .gz), CIFAR-10 batches (data_batch_1.., test_batch, or a "
+        "cifar-10-batches-py/ subfolder) and class subfolders of images (png, jpg, jpeg, bmp, gif, webp); "
+        "put one of these there or give another path"
+    )
+
+
+def _looks_like_path(text: str) -> bool:
+    """A separator, a suffix or ~ means the user meant a file, not a built-in name."""
+    return "/" in text or "\\" in text or "." in Path(text).name or text.startswith("~")

@@ -1,0 +1,77 @@
+"""An .npz archive with arrays x (samples) and y (integer labels), as np.savez writes it.
+
+x may be images (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3, 4},
+or tabular (N, F). uint8 values are pixels and are scaled to [0, 1].
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from dlscale.data.splits import Splits, image_splits, split_arrays
+from dlscale.errors import UserError
+
+CHANNEL_COUNTS = (1, 3, 4)
+HOW_TO_SAVE = "save it with np.savez(path, x=samples, y=integer_labels)"
+
+
+def load_npz(path: Path, name: str) -> Splits:
+    """A fixed 80/10/10 split of (x, y), standardised with train statistics."""
+    x, y = _read_arrays(path)
+    if x.dtype.kind not in "biuf":
+        raise UserError(f"x in {path} has dtype {x.dtype}, not numbers; {HOW_TO_SAVE}")
+    if y.dtype.kind not in "iu":
+        raise UserError(f"y in {path} has dtype {y.dtype}, not integer class labels; save y.astype(np.int64)")
+    if y.ndim != 1:
+        raise UserError(f"y in {path} has shape {y.shape}; give one integer label per sample, shape (N,)")
+    if len(x) != len(y):
+        raise UserError(f"x in {path} has {len(x)} samples but y has {len(y)} labels; give one label per sample")
+    if len(y) == 0:
+        raise UserError(f"{path} holds no samples; {HOW_TO_SAVE}")
+    if y.min() < 0:
+        raise UserError(f"y in {path} holds negative labels; number the classes 0, 1, 2, ...")
+
+    x = _channels_first(x, path)
+    train, val, test = split_arrays(x, y, val_pct=10, test_pct=10)
+    return image_splits(name, train, val, test, num_classes=int(y.max()) + 1)
+
+
+def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    # Checked first: np.load would treat any other file as a pickle, and a .npy as a single array.
+    with open(path, "rb") as file:  # an OSError here reaches load_data, which reports it
+        is_zip = zipfile.is_zipfile(file)
+    if not is_zip:
+        raise UserError(f"{path} is not a readable .npz file (not a zip archive); {HOW_TO_SAVE}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in ("x", "y") if key not in archive.files]
+            if missing:
+                found = sorted(archive.files)
+                raise UserError(f"{path} has no array {' or '.join(missing)} (it has {found}); {HOW_TO_SAVE}")
+            return archive["x"], archive["y"]
+    except ValueError as error:
+        if "allow_pickle" in str(error):  # NumPy refuses object arrays unless allowed to unpickle
+            raise UserError(
+                f"{path} holds Python objects, which dlscale does not unpickle; {HOW_TO_SAVE} of numeric arrays"
+            ) from None
+        raise UserError(f"{path} is not a readable .npz file ({error}); {HOW_TO_SAVE}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise UserError(f"{path} is not a readable .npz file ({error}); {HOW_TO_SAVE}") from None
+
+
+def _channels_first(x: np.ndarray, path: Path) -> np.ndarray:
+    """x as (N, C, H, W) for images or (N, F) for tabular data."""
+    if x.ndim == 2:
+        return x
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim == 4:
+        channels_last = x.shape[3] in CHANNEL_COUNTS and x.shape[1] not in CHANNEL_COUNTS
+        return x.transpose(0, 3, 1, 2) if channels_last else x
+    raise UserError(
+        f"x in {path} has shape {x.shape}; give (N, F) features or images as (N, H, W), (N, C, H, W) or (N, H, W, C)"
+    )
