@@ -129,3 +129,12 @@ def test_bf16_and_grad_accum_and_sgd_run_on_cpu(tmp_path):
     assert done.returncode == 0, done.stderr
     summary = last_json(done.stdout)
     assert summary["precision"] == "bf16" and summary["steps"] == 20
+
+
+def test_compile_on_cpu_keeps_its_warm_up_apart(tmp_path):
+    done = run_cli(["train", "--model", "mlp", "--compile", "--max-steps", "12", "--run-dir", "r", "--json"], cwd=tmp_path, timeout=400)
+    assert done.returncode == 0, done.stderr
+    summary = last_json(done.stdout)
+    assert "compile = true" in (tmp_path / "r/config.toml").read_text()
+    # compilation happens in the first steps: they are warm-up, reported apart from the timed steps
+    assert summary["warmup_seconds"] > summary["train_seconds"] - summary["warmup_seconds"]
