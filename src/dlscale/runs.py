@@ -24,6 +24,7 @@ from typing import Any
 
 import tomli_w
 
+from dlscale.checkpoint import newest_checkpoint
 from dlscale.errors import UserError
 
 SUMMARY_KEYS = (
@@ -165,8 +166,6 @@ def find_resumable(root: Path, model: str, data: str) -> Path | None:
         and (d / "checkpoints").is_dir()
     ]
     for run in sorted(candidates, key=lambda d: d.name, reverse=True):
-        from dlscale.checkpoint import newest_checkpoint
-
         if newest_checkpoint(run) is not None:
             return run
     return None

@@ -286,7 +286,6 @@ def setup(
         lr=config.lr or (1e-3 if config.optimizer == "adamw" else 0.1),
         weight_decay=config.weight_decay if config.weight_decay is not None else (0.01 if config.optimizer == "adamw" else 5e-4),
         warmup_steps=config.warmup_steps if config.warmup_steps is not None else total_steps // 20,
-        max_steps=config.max_steps,
         epochs=epochs if config.max_steps else config.epochs,
     )
     raw_model = model.to(device)
