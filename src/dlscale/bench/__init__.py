@@ -1,0 +1,1 @@
+"""Benchmarks: training throughput (train), inference speed and latency (infer)."""
