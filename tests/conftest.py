@@ -28,3 +28,11 @@ def last_json(stdout: str) -> dict:
 def cli(tmp_path):
     """`cli(args)` runs the command in a fresh working directory."""
     return lambda args, **kw: run_cli(args, cwd=tmp_path, **kw)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Measured peaks are cached per machine; tests use their own cache, shared by the session
+    (so the few-second measurement runs once) and inherited by CLI subprocesses."""
+    os.environ["DLSCALE_CACHE_DIR"] = str(tmp_path_factory.mktemp("dlscale-cache"))
+    yield
