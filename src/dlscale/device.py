@@ -91,14 +91,30 @@ def synchronize(device: torch.device) -> None:
 
 
 def peak_memory_bytes(device: torch.device) -> int | None:
+    """Peak memory since the last reset: allocated GPU memory on CUDA, the process's peak
+    resident set (VmHWM, Linux) on the CPU, where tensors live in ordinary process memory."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    if device.type == "cpu":
+        try:
+            with open("/proc/self/status") as handle:
+                for line in handle:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
     return None
 
 
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    elif device.type == "cpu":
+        try:  # Linux: writing 5 to clear_refs resets the peak resident set (VmHWM)
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+        except OSError:
+            pass
 
 
 def describe(device: torch.device) -> str:

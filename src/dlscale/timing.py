@@ -10,10 +10,15 @@ Between sync points the device runs ahead freely: no per-step synchronisation.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import torch
 
 from dlscale.device import synchronize
+
+
+T = TypeVar("T")
 
 
 class StepTimer:
@@ -23,6 +28,8 @@ class StepTimer:
         self.warmup_seconds = 0.0
         self.timed_seconds = 0.0
         self.timed_samples = 0
+        self.timed_data_seconds = 0.0  # host time spent waiting for the next batch in timed steps
+        self._lap_data_seconds = 0.0
         self._mark = 0.0
         self._mark_step = 0
         self._mark_samples = 0
@@ -31,6 +38,7 @@ class StepTimer:
         """Start timing from here; whatever ran since the last lap is not training."""
         synchronize(self.device)
         self._mark, self._mark_step, self._mark_samples = time.perf_counter(), step, samples
+        self._lap_data_seconds = 0.0
 
     def lap(self, step: int, samples: int) -> tuple[float, int]:
         """Close the interval ending at ``step``; return its seconds and samples."""
@@ -42,8 +50,22 @@ class StepTimer:
         else:
             self.timed_seconds += seconds
             self.timed_samples += lap_samples
+            self.timed_data_seconds += self._lap_data_seconds
+        self._lap_data_seconds = 0.0
         self._mark, self._mark_step, self._mark_samples = now, step, samples
         return seconds, lap_samples
+
+    def waiting_for(self, batches: Iterable[T]) -> Iterator[T]:
+        """Yield from ``batches``, adding the time each ``next`` blocks to the data-wait total."""
+        iterator = iter(batches)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self._lap_data_seconds += time.perf_counter() - start
+            yield batch
 
     @property
     def train_seconds(self) -> float:

@@ -30,7 +30,8 @@ from dlscale.data import DataSpec, Splits, load_data
 from dlscale.device import autocast, describe, peak_memory_bytes, resolve_device, resolve_precision
 from dlscale.errors import UserError
 from dlscale.flops import FlopCount, count as count_flops, loss_fn
-from dlscale.hardware import inventory
+from dlscale.hardware import hw_report
+from dlscale.metrics import utilisation
 from dlscale.models import ModelInfo, build_model, model_info
 from dlscale.progress import TrainProgress
 from dlscale.timing import StepTimer
@@ -43,6 +44,23 @@ class TrainingDiverged(UserError):
 
 
 @dataclass
+class Stepper:
+    """What one optimizer step needs; the trainer and `bench train` share it, so the
+    benchmark measures exactly the step that training runs."""
+
+    raw_model: torch.nn.Module  # the module whose state is saved and evaluated
+    model: torch.nn.Module  # what the step calls: raw_model, or its compiled form
+    device: torch.device
+    precision: str
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    grad_accum: int
+    grad_clip: float
+    channels_last: bool
+
+
+@dataclass
 class Job:
     """Everything one run needs, built before the first step."""
 
@@ -50,13 +68,7 @@ class Job:
     run_dir: Path
     splits: Splits
     model_name: str
-    raw_model: torch.nn.Module  # the module whose state is saved
-    model: torch.nn.Module  # what the step calls: raw_model, or its compiled form
-    device: torch.device
-    precision: str
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler | None
+    stepper: Stepper
     order: BatchOrder
     total_steps: int
     epochs: int
@@ -93,7 +105,7 @@ def train(
     spe = job.order.steps_per_epoch
     log_every = cfg.log_every or max(1, min(100, job.total_steps // 50))
     timing_warmup = start_step + min(5 if cfg.compile else 2, (job.total_steps - start_step) // 2)
-    timer = StepTimer(job.device, timing_warmup)
+    timer = StepTimer(job.stepper.device, timing_warmup)
     window: list[torch.Tensor] = []  # this interval's losses, kept on the device (no sync)
     last_loss = math.nan
     loop_start = time.perf_counter() - job.carried.get("loop_seconds", 0.0)
@@ -105,8 +117,8 @@ def train(
         while step < job.total_steps:
             epoch, first = divmod(step, spe)
             epoch_losses: list[torch.Tensor] = []
-            for x, y in train_batches(job.splits.train, job.order, epoch, first, cfg.workers):
-                loss = train_step(job, x, y)
+            for x, y in timer.waiting_for(train_batches(job.splits.train, job.order, epoch, first, cfg.workers)):
+                loss = train_step(job.stepper, x, y)
                 step, samples = step + 1, samples + job.order.global_batch
                 window.append(loss)
                 epoch_losses.append(loss)
@@ -129,35 +141,35 @@ def train(
     finally:
         progress.stop()
     summary = summarize(job, step, timer, last_loss, test_loss, test_accuracy, wall_start)
+    runs.write_json(job.run_dir / "hardware.json", hw_report())  # now with the measured peaks (cached)
     runs.write_json(job.run_dir / "summary.json", summary)
     progress.summary_table(summary, str(job.run_dir))
-    return TrainResult(summary=summary, run_dir=job.run_dir, model=job.raw_model)
+    return TrainResult(summary=summary, run_dir=job.run_dir, model=job.stepper.raw_model)
 
 
-def train_step(job: Job, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One optimizer step over the global batch, split into ``grad_accum`` micro-batches."""
-    x, y = to_device(job, x), y.to(job.device, non_blocking=True)
-    accum = job.config.grad_accum
-    total = torch.zeros((), device=job.device)
-    for micro_x, micro_y in zip(x.chunk(accum), y.chunk(accum)):
-        with autocast(job.device, job.precision):
-            loss = loss_fn(job.model(micro_x), micro_y) / accum
-        if job.scaler is not None:
-            job.scaler.scale(loss).backward()
+def train_step(s: Stepper, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimizer step over the batch, split into ``grad_accum`` micro-batches."""
+    x, y = to_device(s, x), y.to(s.device, non_blocking=True)
+    total = torch.zeros((), device=s.device)
+    for micro_x, micro_y in zip(x.chunk(s.grad_accum), y.chunk(s.grad_accum)):
+        with autocast(s.device, s.precision):
+            loss = loss_fn(s.model(micro_x), micro_y) / s.grad_accum
+        if s.scaler is not None:
+            s.scaler.scale(loss).backward()
         else:
             loss.backward()
         total += loss.detach()
-    if job.config.grad_clip > 0:
-        if job.scaler is not None:
-            job.scaler.unscale_(job.optimizer)
-        torch.nn.utils.clip_grad_norm_(job.raw_model.parameters(), job.config.grad_clip)
-    if job.scaler is not None:
-        job.scaler.step(job.optimizer)
-        job.scaler.update()
+    if s.grad_clip > 0:
+        if s.scaler is not None:
+            s.scaler.unscale_(s.optimizer)
+        torch.nn.utils.clip_grad_norm_(s.raw_model.parameters(), s.grad_clip)
+    if s.scaler is not None:
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
     else:
-        job.optimizer.step()
-    job.optimizer.zero_grad(set_to_none=True)
-    job.scheduler.step()
+        s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scheduler.step()
     return total
 
 
@@ -178,7 +190,7 @@ def log_interval(
         "step": step,
         "epoch": (step - 1) // job.order.steps_per_epoch,
         "loss": float(losses.mean()),
-        "lr": job.scheduler.get_last_lr()[0],
+        "lr": job.stepper.scheduler.get_last_lr()[0],
         "samples_per_second": rate,
         "step_time_s": seconds / len(losses) if len(losses) else None,
     }
@@ -212,25 +224,26 @@ def evaluate(job: Job, dataset: Dataset | None) -> tuple[float | None, float | N
     """Mean loss and accuracy over every sample (every token, for language models)."""
     if dataset is None or len(dataset) == 0:
         return None, None
-    job.raw_model.eval()  # eager: a compiled model would recompile for eval mode and odd batch sizes
-    loss_sum = torch.zeros((), device=job.device, dtype=torch.float64)
-    correct = torch.zeros((), device=job.device, dtype=torch.int64)
+    s = job.stepper
+    s.raw_model.eval()  # eager: a compiled model would recompile for eval mode and odd batch sizes
+    loss_sum = torch.zeros((), device=s.device, dtype=torch.float64)
+    correct = torch.zeros((), device=s.device, dtype=torch.int64)
     count = 0
     for x, y in eval_batches(dataset, job.order.local_batch, workers=job.config.workers):
-        x, y = to_device(job, x), y.to(job.device, non_blocking=True)
-        with autocast(job.device, job.precision):
-            logits = job.raw_model(x)
+        x, y = to_device(s, x), y.to(s.device, non_blocking=True)
+        with autocast(s.device, s.precision):
+            logits = s.raw_model(x)
         flat = logits.reshape(-1, logits.shape[-1]).float()
         loss_sum += torch.nn.functional.cross_entropy(flat, y.reshape(-1), reduction="sum")
         correct += (flat.argmax(-1) == y.reshape(-1)).sum()
         count += y.numel()
-    job.raw_model.train()
+    s.raw_model.train()
     return float(loss_sum) / count, int(correct) / count
 
 
-def to_device(job: Job, x: torch.Tensor) -> torch.Tensor:
-    x = x.to(job.device, non_blocking=True)
-    if job.config.channels_last and x.dim() == 4:
+def to_device(s: Stepper, x: torch.Tensor) -> torch.Tensor:
+    x = x.to(s.device, non_blocking=True)
+    if s.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -288,26 +301,18 @@ def setup(
         warmup_steps=config.warmup_steps if config.warmup_steps is not None else total_steps // 20,
         epochs=epochs if config.max_steps else config.epochs,
     )
-    raw_model = model.to(device)
-    if config.channels_last:
-        raw_model = raw_model.to(memory_format=torch.channels_last)
-    compiled = torch.compile(raw_model) if config.compile else raw_model
-    optimizer = make_optimizer(config, raw_model, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.schedule, config.warmup_steps, total_steps))
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     splits = _keep_small_data_on_device(splits, device)
-
     job = Job(
-        config=config, run_dir=run_dir, splits=splits, model_name=model_name, raw_model=raw_model,
-        model=compiled, device=device, precision=precision, optimizer=optimizer, scheduler=scheduler,
-        scaler=scaler, order=BatchOrder(len(splits.train), config.batch_size, config.seed),
+        config=config, run_dir=run_dir, splits=splits, model_name=model_name,
+        stepper=build_stepper(config, model, device, total_steps),
+        order=BatchOrder(len(splits.train), config.batch_size, config.seed),
         total_steps=total_steps, epochs=epochs, flops=flops, metrics=runs.MetricsLog(run_dir / "metrics.jsonl"),
         tokens_per_sample=splits.input_shape[0] if splits.kind == "tokens" else 1,
     )
     if resume_from is None and not runs.holds_run(run_dir):
         runs.create_run_dir(run_dir)
     runs.write_toml(run_dir / "config.toml", config_mod.to_toml_dict(config))
-    runs.write_json(run_dir / "hardware.json", inventory())
+    runs.write_json(run_dir / "hardware.json", hw_report(measure=False))
     start_step = restore_checkpoint(job, resume_from) if resume_from else 0
     job.metrics.truncate_after(start_step)
     return job, start_step
@@ -384,6 +389,29 @@ def _keep_small_data_on_device(splits: Splits, device: torch.device) -> Splits:
     return Splits(splits.name, splits.kind, splits.input_shape, splits.num_classes, **moved)
 
 
+def build_stepper(config: TrainConfig, model: torch.nn.Module, device: torch.device, total_steps: int) -> Stepper:
+    """Place the model (channels_last, compile) and build its optimizer, schedule and scaler.
+    ``config`` is resolved: precision, compile, channels_last and lr are concrete values."""
+    raw_model = model.to(device)
+    if config.channels_last:
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(config, raw_model, device)
+    return Stepper(
+        raw_model=raw_model,
+        model=torch.compile(raw_model) if config.compile else raw_model,
+        device=device,
+        precision=config.precision,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_factor(config.schedule, config.warmup_steps, total_steps)
+        ),
+        scaler=torch.amp.GradScaler(device.type) if config.precision == "fp16" else None,
+        grad_accum=config.grad_accum,
+        grad_clip=config.grad_clip,
+        channels_last=config.channels_last,
+    )
+
+
 def make_optimizer(config: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     """AdamW or SGD with momentum; no weight decay on biases and norm weights (1-D tensors)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -446,14 +474,16 @@ def save_checkpoint(job: Job, step: int, timer: StepTimer, loop_start: float, wa
         "warmup_seconds": timer.warmup_seconds,
         "timed_seconds": timer.timed_seconds,
         "timed_samples": timer.timed_samples,
+        "timed_data_seconds": timer.timed_data_seconds,
         "loop_seconds": time.perf_counter() - loop_start,
         "wall_seconds": job.carried.get("wall_seconds_before", 0.0) + time.perf_counter() - wall_start,
     }
+    s = job.stepper
     state = {
-        "model": job.raw_model.state_dict(),
-        "optimizer": job.optimizer.state_dict(),
-        "scheduler": job.scheduler.state_dict(),
-        "scaler": job.scaler.state_dict() if job.scaler is not None else {},
+        "model": s.raw_model.state_dict(),
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.scheduler.state_dict(),
+        "scaler": s.scaler.state_dict() if s.scaler is not None else {},
         "rng": rng_state(),
         "step": step,
         "carried": carried,
@@ -464,17 +494,18 @@ def save_checkpoint(job: Job, step: int, timer: StepTimer, loop_start: float, wa
 
 def restore_checkpoint(job: Job, path: Path) -> int:
     state = checkpoint.load(path)
+    s = job.stepper
     try:
-        job.raw_model.load_state_dict(state["model"])
-        job.optimizer.load_state_dict(state["optimizer"])
+        s.raw_model.load_state_dict(state["model"])
+        s.optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise UserError(
             f"checkpoint {path} does not fit this model ({str(exc).splitlines()[0][:160]}); "
             "resume with the model and data the run was started with"
         ) from None
-    job.scheduler.load_state_dict(state["scheduler"])
-    if job.scaler is not None and state["scaler"]:
-        job.scaler.load_state_dict(state["scaler"])
+    s.scheduler.load_state_dict(state["scheduler"])
+    if s.scaler is not None and state["scaler"]:
+        s.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     carried = dict(state["carried"])
     carried["wall_seconds_before"] = carried.pop("wall_seconds", 0.0)
@@ -489,21 +520,25 @@ def summarize(
     job: Job, step: int, timer: StepTimer, final_loss: float, test_loss: float | None,
     test_accuracy: float | None, wall_start: float,
 ) -> dict[str, Any]:
-    carried = job.carried
+    """summary.json: every key of the contract, null where it does not apply."""
+    carried, device = job.carried, job.stepper.device
     timed_seconds = timer.timed_seconds + carried.get("timed_seconds", 0.0)
     timed_samples = timer.timed_samples + carried.get("timed_samples", 0)
-    train_seconds = timer.train_seconds + carried.get("warmup_seconds", 0.0) + carried.get("timed_seconds", 0.0)
+    data_seconds = timer.timed_data_seconds + carried.get("timed_data_seconds", 0.0)
+    warmup_seconds = timer.warmup_seconds + carried.get("warmup_seconds", 0.0)
+    train_seconds = warmup_seconds + timed_seconds
     samples_per_second = timed_samples / timed_seconds if timed_seconds > 0 else None
     if samples_per_second is None and train_seconds > 0:  # too few steps to leave warm-up out
         samples_per_second = step * job.order.global_batch / train_seconds
     flops_per_sample = job.flops.train_per_sample if job.flops else None
     total_flops = flops_per_sample * step * job.order.global_batch if flops_per_sample else None
-    achieved = flops_per_sample * samples_per_second if flops_per_sample and samples_per_second else None
-    summary = {
+    usage = utilisation(flops_per_sample, samples_per_second, device, job.stepper.precision)
+    tokens = job.tokens_per_sample if job.splits.kind == "tokens" else None
+    return {
         "model": job.model_name,
         "data": job.splits.name,
-        "device": describe(job.device),
-        "precision": job.precision,
+        "device": describe(device),
+        "precision": job.stepper.precision,
         "world_size": 1,
         "global_batch_size": job.order.global_batch,
         "steps": step,
@@ -513,27 +548,31 @@ def summarize(
         "samples_per_second": samples_per_second,
         "flops_per_sample": flops_per_sample,
         "total_flops": total_flops,
-        "achieved_flops_per_second": achieved,
-        "peak_flops_per_second": None,  # the peak table and measured GEMM peak arrive with `dlscale hw`
-        "mfu": None,
+        "achieved_flops_per_second": usage["achieved_flops_per_second"],
+        "peak_flops_per_second": usage["peak_flops_per_second"],
+        "mfu": usage["mfu"],
         "pfs_days": total_flops / PFS_DAY_FLOPS if total_flops else None,
         "final_loss": None if math.isnan(final_loss) else final_loss,
         "test_loss": test_loss,
         "test_accuracy": test_accuracy,
         # beyond the contract's keys
-        "warmup_seconds": timer.warmup_seconds + carried.get("warmup_seconds", 0.0),
+        "peak_source": usage["peak_source"],
+        "mfu_datasheet": usage["mfu_datasheet"],
+        "mfu_measured_peak": usage["mfu_measured_peak"],
+        "measured_peak_flops_per_second": usage["measured_peak_flops_per_second"],
+        "warmup_seconds": warmup_seconds,
+        "data_wait_fraction": data_seconds / timed_seconds if timed_seconds > 0 else None,
         "forward_flops_per_sample": job.flops.forward_per_sample if job.flops else None,
-        "tokens_per_second": samples_per_second * job.tokens_per_sample
-        if job.tokens_per_sample > 1 and samples_per_second else None,
-        "seq_len": job.tokens_per_sample if job.splits.kind == "tokens" else None,
-        "peak_memory_bytes": peak_memory_bytes(job.device),
+        "seq_len": tokens,
+        "tokens_per_second": samples_per_second * tokens if tokens and samples_per_second else None,
+        "flops_per_token": flops_per_sample / tokens if tokens and flops_per_sample else None,
+        "peak_memory_bytes": peak_memory_bytes(device),
         "target_accuracy": job.config.target_accuracy,
         "time_to_target_seconds": carried.get("time_to_target_seconds"),
         "time_to_target_step": carried.get("time_to_target_step"),
-        "parameters": sum(p.numel() for p in job.raw_model.parameters()),
+        "parameters": sum(p.numel() for p in job.stepper.raw_model.parameters()),
         "run_dir": str(job.run_dir),
     }
-    return summary
 
 
 def _header(job: Job, start_step: int) -> str:
@@ -541,7 +580,7 @@ def _header(job: Job, start_step: int) -> str:
     sizes = " / ".join(f"{len(d)} {n}" for n, d in (("train", s.train), ("val", s.val), ("test", s.test)) if d is not None)
     resumed = f", resuming at step {start_step}" if start_step else ""
     return (
-        f"dlscale: {job.model_name} on {s.name} ({sizes}) · {describe(job.device)} · {job.precision}"
+        f"dlscale: {job.model_name} on {s.name} ({sizes}) · {describe(job.stepper.device)} · {job.stepper.precision}"
         f" · batch {job.order.global_batch} · {job.total_steps} steps{resumed} → {job.run_dir}"
     )
 

@@ -12,9 +12,11 @@ from dlscale.provenance import provenance
 
 
 def bench_run_dir(kind: str, model: str, requested: str | None) -> Path:
-    """``--run-dir`` or runs/<UTC-time>-bench-<kind>-<model>/, created fresh."""
+    """``--run-dir`` or runs/<UTC-time>-bench-<kind>-<model>/: checked now (before any work),
+    created by ``write_result`` once there is a result, so a failed benchmark leaves nothing."""
     path = Path(requested) if requested else runs.default_run_dir(f"bench-{kind}", model)
-    return runs.create_run_dir(path)
+    runs.check_new_run_dir(path)
+    return path
 
 
 def result_object(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -25,6 +27,8 @@ def result_object(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
 
 
 def write_result(run_dir: Path, kind: str, result: dict[str, Any]) -> Path:
+    if not run_dir.is_dir():
+        runs.create_run_dir(run_dir)
     path = run_dir / f"bench-{kind}.json"
     runs.write_json(path, result)
     return path

@@ -1,0 +1,175 @@
+"""Training throughput on synthetic data, in the manner of tf_cnn_benchmarks and
+Horovod's synthetic benchmark: one random batch already on the device, the real
+training step (the trainer's own ``train_step``), warm-up steps timed apart, then
+several repeats of timed steps reported as median and spread.
+
+``find_max_batch`` finds the largest batch that fits (doubling, then bisection),
+recovering from CUDA out-of-memory and holding the CPU under a memory cap.
+``tune`` tries precision x compile x channels_last x batch size and names the fastest
+setting whose loss stayed finite.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dlscale.bench.common import median_spread
+from dlscale.config import TrainConfig
+from dlscale.device import peak_memory_bytes, reset_peak_memory, synchronize
+from dlscale.flops import count as count_flops
+from dlscale.metrics import utilisation
+from dlscale.models import ModelInfo, build_model
+from dlscale.train import build_stepper, train_step
+
+
+@dataclass(frozen=True)
+class Setting:
+    batch_size: int
+    precision: str  # fp32 | bf16 | fp16 (resolved)
+    compile: bool
+    channels_last: bool
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What is trained: a zoo model and the shape of one synthetic sample."""
+
+    info: ModelInfo
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    @property
+    def tokens(self) -> bool:
+        return self.info.kind == "tokens"
+
+    def build(self) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build_model(self.info.name, self.input_shape, self.num_classes)
+
+    def batch(self, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch, made once on the device: the benchmark measures the step, not data loading."""
+        generator = torch.Generator().manual_seed(0)
+        if self.tokens:
+            x = torch.randint(0, self.num_classes, (size, *self.input_shape), generator=generator)
+            return x.to(device), torch.roll(x, -1, dims=1).to(device)
+        x = torch.randn(size, *self.input_shape, generator=generator)
+        return x.to(device), torch.randint(0, self.num_classes, (size,), generator=generator).to(device)
+
+
+def _stepper(workload: Workload, setting: Setting, device: torch.device):
+    config = TrainConfig(
+        model=workload.info.name, batch_size=setting.batch_size, precision=setting.precision,
+        compile=setting.compile, channels_last=setting.channels_last, lr=1e-4, weight_decay=0.0,
+        warmup_steps=0, schedule="constant",
+    )
+    return build_stepper(config, workload.build(), device, total_steps=1)
+
+
+def measure(
+    workload: Workload, setting: Setting, device: torch.device, steps: int, warmup: int, repeats: int,
+    on_step: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """One benchmark row: warm-up timed apart, then ``repeats`` x ``steps`` timed steps."""
+    model = workload.build()
+    x, y = workload.batch(setting.batch_size, device)
+    flops = count_flops(model, x[:2].cpu(), y[:2].cpu())
+    stepper = _stepper(workload, setting, device)
+    reset_peak_memory(device)
+
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(warmup):  # compilation, autotuning, first allocations
+        train_step(stepper, x, y)
+        if on_step:
+            on_step()
+    synchronize(device)
+    warmup_s = time.perf_counter() - start
+
+    step_times, losses = [], []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            losses.append(train_step(stepper, x, y))
+            if on_step:
+                on_step()
+        synchronize(device)  # the clock reads only finished work
+        step_times.append((time.perf_counter() - start) / steps)
+    finite = bool(torch.isfinite(torch.stack(losses)).all())
+
+    median, spread = median_spread(step_times)
+    samples_per_second = setting.batch_size / median
+    flops_per_sample = flops.train_per_sample if flops else None
+    usage = utilisation(flops_per_sample, samples_per_second, device, setting.precision)
+    seq_len = workload.input_shape[0] if workload.tokens else None
+    return {
+        "model": workload.info.name,
+        "batch_size": setting.batch_size,
+        "precision": setting.precision,
+        "compiled": setting.compile,
+        "channels_last": setting.channels_last,
+        "device": str(device),
+        "samples_per_second": samples_per_second,
+        "tokens_per_second": samples_per_second * seq_len if seq_len else None,
+        "seq_len": seq_len,
+        "flops_per_sample": flops_per_sample,
+        "flops_per_token": flops_per_sample / seq_len if seq_len and flops_per_sample else None,
+        "achieved_flops_per_second": usage["achieved_flops_per_second"],
+        "mfu": usage["mfu_datasheet"],
+        "mfu_measured_peak": usage["mfu_measured_peak"],
+        "datasheet_peak_flops_per_second": usage["datasheet_peak_flops_per_second"],
+        "measured_peak_flops_per_second": usage["measured_peak_flops_per_second"],
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "step_time_median_s": median,
+        "step_time_spread_s": spread,
+        "step_times_s": step_times,
+        "warmup_s": warmup_s,
+        "steps": steps,
+        "repeats": repeats,
+        "loss_finite": finite,
+    }
+
+
+def fits(workload: Workload, setting: Setting, device: torch.device, memory_cap: int | None) -> bool:
+    """Whether two training steps at this batch run within the device's memory (or the CPU cap)."""
+    try:
+        stepper = _stepper(workload, setting, device)
+        x, y = workload.batch(setting.batch_size, device)
+        reset_peak_memory(device)
+        for _ in range(2):
+            train_step(stepper, x, y)
+        synchronize(device)
+    except torch.OutOfMemoryError:
+        return False
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if device.type == "cpu" and memory_cap is not None:
+        peak = peak_memory_bytes(device)
+        return peak is None or peak <= memory_cap
+    return True
+
+
+def find_max_batch(fits_at: Callable[[int], bool], start: int = 1, limit: int = 65536) -> int | None:
+    """The largest batch for which ``fits_at`` holds: double until it fails, then bisect."""
+    if not fits_at(start):
+        return None
+    good, bad = start, None
+    while bad is None and good < limit:
+        trial = min(good * 2, limit)
+        if fits_at(trial):
+            good = trial
+        else:
+            bad = trial
+    while bad is not None and bad - good > 1:
+        middle = (good + bad) // 2
+        if fits_at(middle):
+            good = middle
+        else:
+            bad = middle
+    return good
