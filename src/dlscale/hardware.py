@@ -381,6 +381,17 @@ def _load_average() -> float | None:
         return None
 
 
+def _machine_busy() -> bool:
+    load = _load_average()
+    return load is not None and load > 0.5 * torch.get_num_threads()
+
+
+def _worth_remeasuring(cached: dict[str, Any]) -> bool:
+    """Figures taken on a busy machine are low (MFU above 100% follows): replace them as soon
+    as the machine is quiet, instead of keeping them until someone asks for --remeasure."""
+    return bool(cached.get("provenance", {}).get("busy")) and not _machine_busy()
+
+
 def measure_peaks() -> dict[str, Any]:
     """Measure every device now (a few seconds): ``{"devices": {...}, "provenance": {...}}``."""
     from dlscale import __version__
@@ -416,6 +427,7 @@ def measure_peaks() -> dict[str, Any]:
         # other work on the machine while measuring makes the figures low: keep the evidence
         "load_average_before": load_before,
         "busy": load_before is not None and load_before > 0.5 * torch.get_num_threads(),
+        "busy_means": "measured while other work ran: replaced by the next measurement on a quiet machine",
     }
     return {"devices": devices, "provenance": provenance}
 
@@ -513,8 +525,9 @@ def measured_peaks(remeasure: bool = False) -> dict[str, Any]:
 
     if not remeasure:
         cached = cached_peaks()
-        if cached is not None:
+        if cached is not None and not _worth_remeasuring(cached):
             return cached
+        remeasure = cached is not None  # a busy-machine figure, and the machine is quiet now
     print_ = fingerprint()
     path = cache_path(print_)
     try:

@@ -31,7 +31,7 @@ from dlscale.device import autocast, describe, peak_memory_bytes, resolve_device
 from dlscale.errors import UserError
 from dlscale.flops import FlopCount, count as count_flops, loss_fn
 from dlscale.hardware import hw_report
-from dlscale.metrics import utilisation
+from dlscale.metrics import global_counts, utilisation
 from dlscale.models import ModelInfo, build_model, model_info
 from dlscale.progress import TrainProgress
 from dlscale.timing import StepTimer
@@ -522,8 +522,10 @@ def summarize(
 ) -> dict[str, Any]:
     """summary.json: every key of the contract, null where it does not apply."""
     carried, device = job.carried, job.stepper.device
-    timed_seconds = timer.timed_seconds + carried.get("timed_seconds", 0.0)
-    timed_samples = timer.timed_samples + carried.get("timed_samples", 0)
+    # samples summed over all ranks, over the slowest rank's time (an all-reduce when distributed)
+    timed_samples, timed_seconds = global_counts(
+        timer.timed_samples + carried.get("timed_samples", 0), timer.timed_seconds + carried.get("timed_seconds", 0.0), device
+    )
     data_seconds = timer.timed_data_seconds + carried.get("timed_data_seconds", 0.0)
     warmup_seconds = timer.warmup_seconds + carried.get("warmup_seconds", 0.0)
     train_seconds = warmup_seconds + timed_seconds
