@@ -33,6 +33,14 @@ def _si(value: float | None, unit: str = "") -> str:
     return f"{value:.3g} {unit}".rstrip()
 
 
+def _peak(summary: dict[str, Any]) -> str:
+    peak = summary["peak_flops_per_second"]
+    if peak is None:
+        return "unknown (no MFU)"
+    kind = "measured GEMM" if "measured" in (summary.get("peak_source") or "") else "datasheet"
+    return f"{_si(peak, 'FLOP/s')} ({kind})"
+
+
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
@@ -111,7 +119,9 @@ class TrainProgress:
             ("FLOPs per sample (train)", _si(summary["flops_per_sample"], "FLOP")),
             ("total FLOPs", _si(summary["total_flops"], "FLOP")),
             ("achieved", _si(summary["achieved_flops_per_second"], "FLOP/s")),
+            ("peak", _peak(summary)),
             ("MFU", _percent(summary["mfu"])),
+            ("waiting for data", _percent(summary.get("data_wait_fraction"))),
             ("train time", f"{summary['train_seconds']:.2f} s"),
             ("wall time", f"{summary['wall_seconds']:.2f} s"),
             ("run directory", run_dir),

@@ -148,31 +148,38 @@ def _describe(setting) -> str:
 
 
 def _print_table(console, rows: list[dict[str, Any]], tuned: bool) -> None:
+    """One line per setting, narrow enough for an 80-column terminal or log."""
+    from rich import box
     from rich.table import Table
 
-    def fmt(value, spec):
-        return "n/a" if value is None else format(value, spec)
+    def pct(value):
+        return "-" if value is None else f"{100 * value:.1f}%"
 
-    table = Table(title="dlscale bench train" + (" (fastest first)" if tuned else ""))
-    for column in ("batch", "precision", "mode", "samples/s", "step ms (median ± spread)", "warm-up s",
-                   "TFLOP/s", "MFU datasheet", "MFU measured", "peak mem GiB", "loss ok"):
+    table = Table(title="bench train" + (" (fastest first)" if tuned else ""), box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    for column in ("batch", "prec", "mode", "samples/s", "step ms", "±", "TFLOP/s", "MFU", "MFU gemm", "GiB"):
         table.add_column(column, justify="right")
     for r in rows:
         achieved = r["achieved_flops_per_second"]
+        memory = r["peak_memory_bytes"]
         table.add_row(
             str(r["batch_size"]), r["precision"],
-            ("compiled" if r["compiled"] else "eager") + (" cl" if r["channels_last"] else ""),
-            fmt(r["samples_per_second"], ",.1f"),
-            f"{1e3 * r['step_time_median_s']:.2f} ± {1e3 * r['step_time_spread_s']:.2f}",
-            f"{r['warmup_s']:.2f}",
-            fmt(achieved / 1e12 if achieved else None, ".3f"),
-            fmt(r["mfu"] * 100 if r["mfu"] is not None else None, ".1f") + ("%" if r["mfu"] is not None else ""),
-            fmt(r["mfu_measured_peak"] * 100 if r["mfu_measured_peak"] is not None else None, ".1f")
-            + ("%" if r["mfu_measured_peak"] is not None else ""),
-            fmt(r["peak_memory_bytes"] / 2**30 if r["peak_memory_bytes"] else None, ".2f"),
-            "yes" if r["loss_finite"] else "NO",
+            ("comp" if r["compiled"] else "eager") + ("+cl" if r["channels_last"] else ""),
+            f"{r['samples_per_second']:,.0f}" if r["samples_per_second"] >= 100 else f"{r['samples_per_second']:.1f}",
+            f"{1e3 * r['step_time_median_s']:.2f}", f"{1e3 * r['step_time_spread_s']:.2f}",
+            "-" if achieved is None else f"{achieved / 1e12:.3f}",
+            pct(r["mfu"]), pct(r["mfu_measured_peak"]),
+            "-" if not memory else f"{memory / 2**30:.2f}",
         )
     console.print(table)
+    warmups = ", ".join(f"{r['warmup_s']:.2f}" for r in rows)
+    console.print(
+        f"warm-up (timed apart, s): {warmups}; step ms: median over repeats, ± their spread (max - min); MFU: against the dense datasheet peak "
+        "(GPUs the table knows); MFU gemm: against the measured GEMM peak (dlscale hw); GiB: peak "
+        "memory (GPU allocated, or the process's peak resident set on CPU)"
+    )
+    for r in rows:
+        if not r["loss_finite"]:
+            console.print(f"[bold]loss was not finite[/] at batch {r['batch_size']}, {r['precision']}: not a safe setting")
     if tuned and rows and rows[0]["loss_finite"]:
         best = rows[0]
         console.print(
