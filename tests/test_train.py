@@ -30,6 +30,14 @@ def test_default_train_reaches_97_percent_on_digits_and_writes_the_run_directory
     assert [r["epoch"] for r in records if r["kind"] == "val"] == list(range(10))
     assert summary["flops_per_sample"] > 0 and summary["total_flops"] == summary["flops_per_sample"] * 64 * summary["steps"]
     assert "epoch 10/10" in done.stderr and "test accuracy" in done.stderr
+    # the measurements of every run: CPU MFU is against the measured GEMM peak, recorded in hardware.json
+    hardware = json.loads((run_dir / "hardware.json").read_text())
+    gemm_fp32 = hardware["measured_peaks"]["devices"]["cpu"]["gemm_flops_per_second"]["fp32"]
+    assert summary["peak_flops_per_second"] == gemm_fp32 and "measured" in summary["peak_source"]
+    assert summary["mfu"] == pytest.approx(summary["achieved_flops_per_second"] / gemm_fp32)
+    assert summary["achieved_flops_per_second"] == pytest.approx(summary["flops_per_sample"] * summary["samples_per_second"])
+    assert summary["mfu_datasheet"] is None and 0 <= summary["data_wait_fraction"] < 1
+    assert summary["peak_memory_bytes"] > 0 and summary["warmup_seconds"] > 0
 
 
 def test_config_file_of_a_run_reproduces_it(tmp_path):
