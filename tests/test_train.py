@@ -24,7 +24,7 @@ def test_default_train_reaches_97_percent_on_digits_and_writes_the_run_directory
     assert summary["test_accuracy"] >= 0.97
     run_dir = tmp_path / summary["run_dir"]
     assert json.loads((run_dir / "summary.json").read_text()) == summary
-    for name in ("config.toml", "metrics.jsonl", "hardware.json", "checkpoints/latest/state.pt"):
+    for name in ("config.toml", "metrics.jsonl", "hardware.json", "checkpoints/latest/.metadata", "checkpoints/latest/extra-rank0.pt"):
         assert (run_dir / name).exists(), name
     records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in records if r["kind"] == "val"] == list(range(10))

@@ -1,26 +1,40 @@
-"""Checkpoints that are complete or absent, never half-written.
+"""Checkpoints that are complete or absent, never half-written, and reshardable.
 
-A checkpoint is the folder ``checkpoints/step-<N>/`` holding ``state.pt`` (model,
-optimizer, scheduler, scaler, RNG states, data position) and ``meta.json``. It is
-written under a temporary name and renamed into place only once every byte is on
-disk, so a crash mid-save leaves a stray temporary folder, never a ``step-<N>`` that
-looks complete. ``latest`` is a symbolic link to the newest complete one.
+A checkpoint is the folder ``checkpoints/step-<N>/``:
 
-Loading uses ``torch.load(weights_only=True)``: tensors, numbers, strings and
-containers only, so a checkpoint can never run code when it is read.
+- the model and optimizer, saved with ``torch.distributed.checkpoint`` (DCP): every
+  worker writes its shard, and a checkpoint saved by N workers loads into M workers
+  (DDP or FSDP2) or into one process;
+- ``extra-rank<R>.pt``: each worker's own state (schedule, scaler, RNG states, data
+  position, timing totals), small, read with ``torch.load(weights_only=True)``;
+- ``meta.json``: step, world size, model and data.
+
+All of it is written under a temporary name that rank 0 renames into place once every
+worker has finished writing, so a crash mid-save leaves a stray temporary folder, never
+a ``step-<N>`` that looks complete. ``latest`` is a symbolic link to the newest.
+
+Nothing is unpickled freely: DCP's metadata file is a pickle, so it is read with an
+unpickler that only admits DCP's own metadata classes and a few torch types; tensors
+and the extra files go through ``weights_only`` loading.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
+from dlscale import dist
 from dlscale.errors import UserError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -38,34 +52,51 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save(run_dir: Path, step: int, state: dict[str, Any], meta: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint ``step`` atomically, point ``latest`` at it, keep the newest ``keep``."""
+def _fsynced_save(obj: Any, path: Path) -> None:
+    with path.open("wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def save(
+    run_dir: Path, step: int, state: dict[str, Any], extra: dict[str, Any], meta: dict[str, Any], keep: int
+) -> Path:
+    """Write checkpoint ``step`` atomically (a collective: every worker calls it).
+
+    ``state`` holds what DCP shards (model and optimizer state dicts); ``extra`` is this
+    worker's own small state."""
     root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
-    tmp = root / f".step-{step}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    with (tmp / "state.pt").open("wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    with (tmp / "meta.json").open("w") as handle:
-        json.dump({"step": step, **meta}, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    _fsync_dir(tmp)
-    if final.exists():  # a resumed run passing a step it saved before the crash
-        stale = root / f".step-{step}.stale-{os.getpid()}"
-        os.replace(final, stale)
-        os.replace(tmp, final)
-        shutil.rmtree(stale, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _point_latest(root, final.name)
-    _fsync_dir(root)
-    _prune(root, keep)
+    tmp = root / f".step-{step}.tmp"
+    if dist.is_main():
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-save
+        tmp.mkdir()
+    dist.barrier()
+    with warnings.catch_warnings():  # DCP warns that one process "assumes" a single-process save
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save(state, storage_writer=FileSystemWriter(tmp, sync_files=True))
+    _fsynced_save(extra, tmp / f"extra-rank{dist.rank()}.pt")
+    dist.barrier()  # every shard and extra file is on disk
+    if dist.is_main():
+        with (tmp / "meta.json").open("w") as handle:
+            json.dump({"step": step, "world_size": dist.world_size(), **meta}, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_dir(tmp)
+        if final.exists():  # a resumed run passing a step it saved before the crash
+            stale = root / f".step-{step}.stale"
+            shutil.rmtree(stale, ignore_errors=True)
+            os.replace(final, stale)
+            os.replace(tmp, final)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _point_latest(root, final.name)
+        _fsync_dir(root)
+        _prune(root, keep)
+    dist.barrier()
     return final
 
 
@@ -84,7 +115,7 @@ def complete_steps(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for entry in root.iterdir():
         match = STEP_DIR.match(entry.name)
-        if match and (entry / "state.pt").is_file() and (entry / "meta.json").is_file():
+        if match and (entry / "meta.json").is_file() and (entry / ".metadata").is_file():
             found.append((int(match.group(1)), entry))
     return sorted(found)
 
@@ -101,13 +132,84 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     return steps[-1][1] if steps else None
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint's state without unpickling arbitrary objects."""
+def read_meta(path: Path) -> dict[str, Any]:
+    return json.loads((Path(path) / "meta.json").read_text())
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _allowed(module: str, name: str) -> bool:
+    """What DCP's metadata pickle may name: its own metadata classes and plain torch types."""
+    if module == "torch.distributed.checkpoint.metadata":
+        return True
+    if (module, name) in {
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),
+        ("collections", "OrderedDict"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "PurePosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("pathlib", "PureWindowsPath"),
+    }:
+        return True
+    return module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if not _allowed(module, name):
+            raise pickle.UnpicklingError(f"checkpoint metadata names {module}.{name}, which a checkpoint never needs")
+        return super().find_class(module, name)
+
+
+class SafeReader(FileSystemReader):
+    """DCP's file reader, with the metadata pickle read through the allow-list above."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any):
+        path = Path(self.path) / ".metadata"
+        with path.open("rb") as handle:
+            metadata = _MetadataUnpickler(handle).load()
+        if getattr(metadata, "storage_meta", None) is not None:
+            metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+def _unreadable(path: Path, exc: BaseException) -> UserError:
+    return UserError(
+        f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+        "delete it to resume from an older one"
+    )
+
+
+def load_state(path: Path, state: dict[str, Any]) -> None:
+    """Fill ``state`` (model/optimizer state dicts shaped for this job) in place from a checkpoint."""
     try:
-        with (Path(path) / "state.pt").open("rb") as handle:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, storage_reader=SafeReader(Path(path)))
+    except (Exception, CheckpointException) as exc:  # corrupt, foreign or tampered files: say which, never run their code
+        raise _unreadable(path, exc) from None
+
+
+def load_extra(path: Path, rank: int) -> dict[str, Any]:
+    """This worker's extra state; a worker that did not exist when it was saved takes rank 0's."""
+    path = Path(path)
+    target = path / f"extra-rank{rank}.pt"
+    if not target.is_file():
+        target = path / "extra-rank0.pt"
+    try:
+        with target.open("rb") as handle:
             return torch.load(handle, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or foreign file: say which, never run its code
-        raise UserError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); "
-            "delete it to resume from an older one"
-        ) from None
+    except Exception as exc:
+        raise _unreadable(path, exc) from None
+
+
+def load_model(path: Path, model: torch.nn.Module) -> None:
+    """Load only the model weights of a checkpoint into a plain module (inference, evaluation)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    state = {"model": get_model_state_dict(model)}
+    load_state(path, state)
+    set_model_state_dict(model, state["model"])

@@ -24,7 +24,7 @@ STRATEGIES = ("ddp", "fsdp")
 
 # Keys that describe one invocation rather than the experiment: they are not written
 # to config.toml, so re-running that file starts a new run instead of touching the old.
-INVOCATION_KEYS = ("run_dir", "resume")
+INVOCATION_KEYS = ("run_dir", "resume", "node_rank", "rdzv_endpoint", "master_addr", "master_port", "max_restarts")
 
 
 @dataclass
@@ -51,6 +51,13 @@ class TrainConfig:
     nproc: int = 1
     nnodes: int = 1
     strategy: str = "ddp"
+    node_rank: int = 0  # this node's rank, with --master-addr (static rendezvous)
+    rdzv_endpoint: str | None = None  # HOST:PORT of the c10d rendezvous for several nodes
+    master_addr: str | None = None
+    master_port: int = 29500
+    max_restarts: int = 0  # times the elastic agent restarts the workers after one fails
+    timeout: float = 600.0  # seconds a collective may wait before the job fails
+    scale_lr: bool = False  # linear scaling rule: lr x global batch / 256 (Goyal et al. 2017)
     checkpoint_every: int = 0  # steps between checkpoints; 0: only at the end
     keep_checkpoints: int = 2  # newest complete checkpoints kept; 0 keeps all
     resume: str | None = None  # "auto" or a run directory
@@ -72,7 +79,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"{_flag(name)} must be at least 1, got {value}")
-        for name in ("checkpoint_every", "keep_checkpoints", "workers", "warmup_steps"):
+        for name in ("checkpoint_every", "keep_checkpoints", "workers", "warmup_steps", "node_rank", "max_restarts"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise UserError(f"{_flag(name)} must be 0 or more, got {value}")
@@ -80,6 +87,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise UserError(f"{_flag(name)} must be a finite number, got {value}")
+        if not 0 < self.timeout < float("inf"):
+            raise UserError(f"--timeout is in seconds and must be greater than 0, got {self.timeout}")
+        if not 0 < self.master_port < 65536:
+            raise UserError(f"--master-port must be a port number (1-65535), got {self.master_port}")
         if self.lr is not None and self.lr <= 0:
             raise UserError(f"--lr must be greater than 0, got {self.lr}")
         for name in ("momentum", "weight_decay", "grad_clip"):

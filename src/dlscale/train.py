@@ -12,8 +12,12 @@ epoch ends: evaluate) → test → summary.json.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
 import random
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dlscale import checkpoint, config as config_mod, runs
+from dlscale import checkpoint, config as config_mod, dist, parallel, runs
 from dlscale.batches import BatchOrder, eval_batches, train_batches
+from dlscale.cluster import ClusterEnv, detect
 from dlscale.config import TrainConfig
 from dlscale.data import DataSpec, Splits, load_data
 from dlscale.device import autocast, describe, peak_memory_bytes, resolve_device, resolve_precision
@@ -58,6 +63,26 @@ class Stepper:
     grad_accum: int
     grad_clip: float
     channels_last: bool
+    parallel: torch.nn.Module  # the DDP wrapper or the FSDP2 root (raw_model itself with one worker)
+
+    def sync_gradients(self, sync: bool):
+        """Skip the gradient all-reduce on all but the last micro-batch of an accumulated step."""
+        if sync or dist.world_size() == 1:
+            return contextlib.nullcontext()
+        if hasattr(self.parallel, "no_sync"):  # DDP
+            return self.parallel.no_sync()
+        if hasattr(self.parallel, "set_requires_gradient_sync"):  # FSDP2
+            self.parallel.set_requires_gradient_sync(False)
+            return _ResumeGradientSync(self.parallel)
+        return contextlib.nullcontext()
+
+
+class _ResumeGradientSync(contextlib.AbstractContextManager):
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def __exit__(self, *exc: object) -> None:
+        self.module.set_requires_gradient_sync(True)
 
 
 @dataclass
@@ -75,6 +100,7 @@ class Job:
     flops: FlopCount | None
     metrics: runs.MetricsLog
     tokens_per_sample: int  # 1 for classifiers, the sequence length for language models
+    parameters: int  # counted before any sharding
     carried: dict[str, Any] = field(default_factory=dict)  # totals carried across a resume
 
 
@@ -97,10 +123,49 @@ def train(
     progress: TrainProgress | None = None,
 ) -> TrainResult:
     """Run one training job; ``overrides`` are the values the user set explicitly (they
-    beat a resumed run's config.toml). ``model``/``data`` come from the Python API."""
+    beat a resumed run's config.toml). ``model``/``data`` come from the Python API.
+
+    Started by a user with --nproc/--nnodes above 1, this process becomes the launcher
+    (see ``launch_training``); started as a worker (torchrun, SLURM, MPI), it joins the
+    process group and trains its share."""
+    env = detect()
+    if env.world_size == 1 and config.nproc * config.nnodes > 1:
+        if model is not None or data is not None:
+            raise UserError(
+                "fit() with your own module or data trains in one process; for several, run your "
+                "script under torchrun, or give zoo and data names"
+            )
+        return launch_training(config, overrides or {}, progress or TrainProgress(None))
+    device = resolve_device(config.device, env.local_rank)
+    dist.init(env, device, config.timeout)
+    try:
+        return _train(config, overrides or {}, env, device, model, data, progress or TrainProgress(None))
+    except (RuntimeError, dist.DistError) as exc:
+        if dist.world_size() > 1 and _is_collective_failure(exc):
+            raise UserError(
+                f"rank {dist.rank()}: a collective operation failed or timed out (--timeout {config.timeout:g} s): "
+                f"another worker froze or died ({str(exc).splitlines()[0][:160]})"
+            ) from None
+        raise
+    finally:
+        dist.shutdown()
+
+
+def _is_collective_failure(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, dist.DistError) or any(
+        words in text for words in ("timed out", "timeout", "connection closed", "connection reset", "broken pipe")
+    )
+
+
+def _train(
+    config: TrainConfig, overrides: dict[str, Any], env: ClusterEnv, device: torch.device,
+    model: torch.nn.Module | None, data: Splits | None, progress: TrainProgress,
+) -> TrainResult:
     wall_start = time.perf_counter()
-    progress = progress or TrainProgress(None)
-    job, start_step = setup(config, overrides or {}, model, data, progress)
+    if not dist.is_main():
+        progress = TrainProgress(progress.console, enabled=False)  # rank 0 speaks for the job
+    job, start_step = setup(config, overrides, env, device, model, data)
     cfg, step, samples = job.config, start_step, 0
     spe = job.order.steps_per_epoch
     log_every = cfg.log_every or max(1, min(100, job.total_steps // 50))
@@ -119,7 +184,7 @@ def train(
             epoch_losses: list[torch.Tensor] = []
             for x, y in timer.waiting_for(train_batches(job.splits.train, job.order, epoch, first, cfg.workers)):
                 loss = train_step(job.stepper, x, y)
-                step, samples = step + 1, samples + job.order.global_batch
+                step, samples = step + 1, samples + job.order.local_batch  # this worker's samples
                 window.append(loss)
                 epoch_losses.append(loss)
                 progress.advance(epoch, job.epochs)
@@ -141,23 +206,60 @@ def train(
     finally:
         progress.stop()
     summary = summarize(job, step, timer, last_loss, test_loss, test_accuracy, wall_start)
-    runs.write_json(job.run_dir / "hardware.json", hw_report())  # now with the measured peaks (cached)
-    runs.write_json(job.run_dir / "summary.json", summary)
+    if dist.is_main():
+        runs.write_json(job.run_dir / "hardware.json", hw_report())  # now with the measured peaks (cached)
+        runs.write_json(job.run_dir / "summary.json", summary)
     progress.summary_table(summary, str(job.run_dir))
     return TrainResult(summary=summary, run_dir=job.run_dir, model=job.stepper.raw_model)
+
+
+def launch_training(config: TrainConfig, overrides: dict[str, Any], progress: TrainProgress) -> TrainResult:
+    """The launcher: fix the run directory and its config.toml, then let torchrun's elastic
+    agent start the workers, each running ``dlscale train --resume RUN_DIR``: they read
+    config.toml, start fresh when it has no checkpoint yet, and resume from the newest one
+    when the agent restarts them after a failure."""
+    from dlscale.launch import LaunchPlan, failure_line, run_workers
+
+    world = config.nproc * config.nnodes
+    if config.batch_size % world:
+        raise UserError(
+            f"--batch-size {config.batch_size} (the global batch) does not split evenly over {world} workers; "
+            f"pick a multiple of {world}"
+        )
+    if config.nnodes > 1 and not config.run_dir and config.resume in (None, "auto"):
+        raise UserError("with --nnodes above 1 give --run-dir on a file system every node shares")
+    model_info(config.model)  # an unknown name fails here, before any worker starts
+    config, run_dir, _ = locate_run(config, overrides)
+    if not runs.holds_run(run_dir):
+        runs.create_run_dir(run_dir)
+        runs.write_toml(run_dir / "config.toml", config_mod.to_toml_dict(config))
+    plan = LaunchPlan(
+        nproc=config.nproc, nnodes=config.nnodes, node_rank=config.node_rank, rdzv_endpoint=config.rdzv_endpoint,
+        master_addr=config.master_addr, master_port=config.master_port, max_restarts=config.max_restarts,
+    )
+    progress.print(f"dlscale: starting {world} workers ({config.nproc} per node) through torchrun's elastic agent → {run_dir}")
+    failed = run_workers(["train", "--resume", str(run_dir)], plan, log_dir=run_dir / "logs")
+    if failed:
+        first = min(failed)
+        said = failure_line(run_dir / "logs")
+        reason = said[len("error: "):] if said else f"see its log under {run_dir / 'logs'}"
+        raise UserError(f"worker rank {first} failed (exit code {failed[first]}): {reason}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return TrainResult(summary=summary, run_dir=run_dir, model=None)
 
 
 def train_step(s: Stepper, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One optimizer step over the batch, split into ``grad_accum`` micro-batches."""
     x, y = to_device(s, x), y.to(s.device, non_blocking=True)
     total = torch.zeros((), device=s.device)
-    for micro_x, micro_y in zip(x.chunk(s.grad_accum), y.chunk(s.grad_accum)):
-        with autocast(s.device, s.precision):
-            loss = loss_fn(s.model(micro_x), micro_y) / s.grad_accum
-        if s.scaler is not None:
-            s.scaler.scale(loss).backward()
-        else:
-            loss.backward()
+    for i, (micro_x, micro_y) in enumerate(zip(x.chunk(s.grad_accum), y.chunk(s.grad_accum))):
+        with s.sync_gradients(i == s.grad_accum - 1):
+            with autocast(s.device, s.precision):
+                loss = loss_fn(s.model(micro_x), micro_y) / s.grad_accum
+            if s.scaler is not None:
+                s.scaler.scale(loss).backward()
+            else:
+                loss.backward()
         total += loss.detach()
     if s.grad_clip > 0:
         if s.scaler is not None:
@@ -178,12 +280,13 @@ def log_interval(
 ) -> float:
     """A sync point: close the timing interval, check the loss, write one metrics line."""
     seconds, lap_samples = timer.lap(step, samples)
-    losses = torch.stack(window).float().cpu()
+    losses = dist.mean_over_ranks(torch.stack(window).float()).cpu()  # the global batch's loss
     first_step = step - len(window) + 1
     window.clear()
     bad = (~torch.isfinite(losses)).nonzero()
     if len(bad):
         raise TrainingDiverged(_divergence_message(job, first_step + int(bad[0, 0]), float(losses[bad[0, 0]])))
+    lap_samples, seconds = global_counts(lap_samples, seconds, job.stepper.device)  # the whole job's rate
     rate = lap_samples / seconds if seconds > 0 else None
     record = {
         "kind": "train",
@@ -196,7 +299,8 @@ def log_interval(
     }
     if job.tokens_per_sample > 1 and rate is not None:
         record["tokens_per_second"] = rate * job.tokens_per_sample
-    job.metrics.write(record)
+    if dist.is_main():
+        job.metrics.write(record)
     if rate is not None:
         unit = "tok" if job.tokens_per_sample > 1 else "samples"
         progress.show_rate(rate * job.tokens_per_sample, record["loss"], unit)
@@ -215,30 +319,50 @@ def run_validation(
         job.carried["time_to_target_seconds"] = time.perf_counter() - loop_start
         job.carried["time_to_target_step"] = step
         record["reached_target"] = target
-    job.metrics.write(record)
+    if dist.is_main():
+        job.metrics.write(record)
     progress.epoch_line(record, job.epochs)
 
 
 @torch.inference_mode()
 def evaluate(job: Job, dataset: Dataset | None) -> tuple[float | None, float | None]:
-    """Mean loss and accuracy over every sample (every token, for language models)."""
+    """Mean loss and accuracy over every sample (every token, for language models).
+
+    Each worker takes its contiguous share, so every sample counts exactly once (no
+    padding duplicates); the sums are all-reduced. Under FSDP every forward is a
+    collective, so a worker whose share ran out keeps stepping on a zero-weight batch
+    until the longest share is done."""
     if dataset is None or len(dataset) == 0:
         return None, None
-    s = job.stepper
-    s.raw_model.eval()  # eager: a compiled model would recompile for eval mode and odd batch sizes
-    loss_sum = torch.zeros((), device=s.device, dtype=torch.float64)
-    correct = torch.zeros((), device=s.device, dtype=torch.int64)
-    count = 0
-    for x, y in eval_batches(dataset, job.order.local_batch, workers=job.config.workers):
+    s, world, rank = job.stepper, dist.world_size(), dist.rank()
+    sharded = s.parallel is not s.raw_model and not hasattr(s.parallel, "no_sync")  # FSDP2
+    module = s.parallel if sharded else s.raw_model  # eager: a compiled model would recompile for eval
+    module.eval()
+    batch = job.order.local_batch
+    longest = max(-(-(len(dataset) * (r + 1) // world - len(dataset) * r // world) // batch) for r in range(world))
+    sums = torch.zeros(3, device=s.device, dtype=torch.float64)  # loss, correct, count
+    batches = eval_batches(dataset, batch, rank=rank, world=world, workers=job.config.workers)
+    first = None
+    for _ in range(longest):
+        x, y = next(batches, (None, None))
+        weight = 1.0
+        if x is None:  # this worker's share is done; keep FSDP's collectives in step
+            x, y = first if first is not None else _example_batch(dataset)
+            weight = 0.0
+        first = first or (x, y)
         x, y = to_device(s, x), y.to(s.device, non_blocking=True)
         with autocast(s.device, s.precision):
-            logits = s.raw_model(x)
+            logits = module(x)
         flat = logits.reshape(-1, logits.shape[-1]).float()
-        loss_sum += torch.nn.functional.cross_entropy(flat, y.reshape(-1), reduction="sum")
-        correct += (flat.argmax(-1) == y.reshape(-1)).sum()
-        count += y.numel()
-    s.raw_model.train()
-    return float(loss_sum) / count, int(correct) / count
+        target = y.reshape(-1)
+        sums += weight * torch.stack([
+            torch.nn.functional.cross_entropy(flat, target, reduction="sum").double(),
+            (flat.argmax(-1) == target).sum().double(),
+            torch.tensor(float(target.numel()), device=s.device, dtype=torch.float64),
+        ])
+    module.train()
+    loss_sum, correct, count = dist.sum_over_ranks(sums).tolist()
+    return loss_sum / count, correct / count
 
 
 def to_device(s: Stepper, x: torch.Tensor) -> torch.Tensor:
@@ -254,18 +378,21 @@ def to_device(s: Stepper, x: torch.Tensor) -> torch.Tensor:
 def setup(
     config: TrainConfig,
     overrides: dict[str, Any],
+    env: ClusterEnv,
+    device: torch.device,
     model: torch.nn.Module | None,
     data: Splits | None,
-    progress: TrainProgress,
 ) -> tuple[Job, int]:
-    config, run_dir, resume_from = locate_run(config, overrides)
-    if config.nproc > 1 or config.nnodes > 1:
+    # Rank 0 decides where the run lives (a fresh timestamped folder, or the run to resume);
+    # the other ranks take its answer, so every worker writes to the same place.
+    config, run_dir, resume_from = dist.on_main(lambda: locate_run(config, overrides))
+    world = dist.world_size()
+    if config.batch_size % (world * config.grad_accum):
         raise UserError(
-            "--nproc/--nnodes above 1 are not supported by this version yet "
-            "(multi-process training is in progress); run with one process"
+            f"--batch-size {config.batch_size} (the global batch) does not split into {world} workers x "
+            f"{config.grad_accum} micro-batches; pick a multiple of {world * config.grad_accum}"
         )
     seed_everything(config.seed)
-    device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
 
     info = None if model is not None else model_info(config.model)
@@ -291,31 +418,69 @@ def setup(
 
     use_cuda = device.type == "cuda"
     conv = info.conv if info is not None else any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    base_lr = config.lr or (1e-3 if config.optimizer == "adamw" else 0.1)
+    warmup = config.warmup_steps if config.warmup_steps is not None else total_steps // 20
+    if config.scale_lr:  # Goyal et al. 2017: lr grows with the global batch, after a warm-up
+        base_lr *= config.batch_size / 256
+        warmup = max(warmup, min(total_steps // 10, 5 * steps_per_epoch))
     config = config.replace(
-        device=str(device),
+        device=device.type,  # the kind, not the index: every worker's config must hash the same
         precision=precision,
         compile=use_cuda if config.compile is None else config.compile,
         channels_last=(use_cuda and conv) if config.channels_last is None else config.channels_last,
-        lr=config.lr or (1e-3 if config.optimizer == "adamw" else 0.1),
+        lr=base_lr,
+        scale_lr=False,  # applied: the resolved lr already holds it (re-running must not scale twice)
         weight_decay=config.weight_decay if config.weight_decay is not None else (0.01 if config.optimizer == "adamw" else 5e-4),
-        warmup_steps=config.warmup_steps if config.warmup_steps is not None else total_steps // 20,
+        warmup_steps=warmup,
         epochs=epochs if config.max_steps else config.epochs,
+        nproc=env.local_world_size,
+        nnodes=max(1, world // env.local_world_size),
     )
+    agree_on_config(config, run_dir, env, device)
     splits = _keep_small_data_on_device(splits, device)
     job = Job(
         config=config, run_dir=run_dir, splits=splits, model_name=model_name,
         stepper=build_stepper(config, model, device, total_steps),
-        order=BatchOrder(len(splits.train), config.batch_size, config.seed),
+        order=BatchOrder(len(splits.train), config.batch_size, config.seed, rank=dist.rank(), world=world),
         total_steps=total_steps, epochs=epochs, flops=flops, metrics=runs.MetricsLog(run_dir / "metrics.jsonl"),
         tokens_per_sample=splits.input_shape[0] if splits.kind == "tokens" else 1,
+        parameters=sum(p.numel() for p in model.parameters()),
     )
-    if resume_from is None and not runs.holds_run(run_dir):
-        runs.create_run_dir(run_dir)
-    runs.write_toml(run_dir / "config.toml", config_mod.to_toml_dict(config))
-    runs.write_json(run_dir / "hardware.json", hw_report(measure=False))
     start_step = restore_checkpoint(job, resume_from) if resume_from else 0
-    job.metrics.truncate_after(start_step)
+    if dist.is_main():
+        job.metrics.truncate_after(start_step)
+    dist.barrier()
     return job, start_step
+
+
+def agree_on_config(config: TrainConfig, run_dir: Path, env: ClusterEnv, device: torch.device) -> None:
+    """Rank 0 writes the resolved config.toml; every other worker re-reads it and all check,
+    by hash, that they resolved the same configuration and see the same devices per node."""
+    resolved = config_mod.to_toml_dict(config)
+    if dist.is_main():
+        if not runs.holds_run(run_dir):
+            runs.create_run_dir(run_dir)
+        runs.write_toml(run_dir / "config.toml", resolved)
+        runs.write_json(run_dir / "hardware.json", hw_report(measure=False))
+    dist.barrier()
+    if dist.world_size() == 1:
+        return
+    on_disk = config_mod.to_toml_dict(config_mod.build(config_mod.read_toml(run_dir / "config.toml")))
+    dist.check_agreement("the resolved configuration (hash of config.toml)", _digest(on_disk))
+    dist.check_agreement("their own configuration against config.toml", _digest(resolved) == _digest(on_disk))
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    per_host: dict[str, set] = {}
+    for host, local_world, count in dist.gather((socket.gethostname(), env.local_world_size, gpus)):
+        per_host.setdefault(host, set()).add((local_world, count))
+    counts = {value for values in per_host.values() for value in values}
+    if any(len(values) > 1 for values in per_host.values()) or len({c for _, c in counts}) > 1:
+        raise UserError(f"the nodes disagree on workers and GPUs per node: {sorted(counts)}; use identical nodes and --nproc")
+    if device.type == "cuda" and any(local_world > count for local_world, count in counts):
+        raise UserError(f"{env.local_world_size} workers per node but only {gpus} GPUs; set --nproc to at most {gpus}")
+
+
+def _digest(values: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def locate_run(config: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainConfig, Path, Path | None]:
@@ -395,10 +560,11 @@ def build_stepper(config: TrainConfig, model: torch.nn.Module, device: torch.dev
     raw_model = model.to(device)
     if config.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
+    wrapped = parallel.wrap(raw_model, config.strategy, device, config.precision)  # FSDP2 shards raw_model in place
     optimizer = make_optimizer(config, raw_model, device)
     return Stepper(
         raw_model=raw_model,
-        model=torch.compile(raw_model) if config.compile else raw_model,
+        model=torch.compile(wrapped) if config.compile else wrapped,
         device=device,
         precision=config.precision,
         optimizer=optimizer,
@@ -409,6 +575,7 @@ def build_stepper(config: TrainConfig, model: torch.nn.Module, device: torch.dev
         grad_accum=config.grad_accum,
         grad_clip=config.grad_clip,
         channels_last=config.channels_last,
+        parallel=wrapped,
     )
 
 
@@ -469,6 +636,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(job: Job, step: int, timer: StepTimer, loop_start: float, wall_start: float) -> None:
+    """Model and optimizer through DCP (sharded, reshardable); each worker's own state beside it."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    s = job.stepper
     carried = {
         **job.carried,
         "warmup_seconds": timer.warmup_seconds,
@@ -478,39 +649,45 @@ def save_checkpoint(job: Job, step: int, timer: StepTimer, loop_start: float, wa
         "loop_seconds": time.perf_counter() - loop_start,
         "wall_seconds": job.carried.get("wall_seconds_before", 0.0) + time.perf_counter() - wall_start,
     }
-    s = job.stepper
-    state = {
-        "model": s.raw_model.state_dict(),
-        "optimizer": s.optimizer.state_dict(),
+    model_state, optimizer_state = get_state_dict(s.raw_model, s.optimizer)
+    extra = {
         "scheduler": s.scheduler.state_dict(),
         "scaler": s.scaler.state_dict() if s.scaler is not None else {},
         "rng": rng_state(),
         "step": step,
         "carried": carried,
     }
-    meta = {"model": job.model_name, "data": job.splits.name, "world_size": 1}
-    checkpoint.save(job.run_dir, step, state, meta, keep=job.config.keep_checkpoints)
+    meta = {"model": job.model_name, "data": job.splits.name, "strategy": job.config.strategy}
+    checkpoint.save(job.run_dir, step, {"model": model_state, "optimizer": optimizer_state}, extra, meta,
+                    keep=job.config.keep_checkpoints)
 
 
 def restore_checkpoint(job: Job, path: Path) -> int:
-    state = checkpoint.load(path)
+    """Load a checkpoint saved by any number of workers into this job's workers."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
     s = job.stepper
+    model_state, optimizer_state = get_state_dict(s.raw_model, s.optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
     try:
-        s.raw_model.load_state_dict(state["model"])
-        s.optimizer.load_state_dict(state["optimizer"])
+        checkpoint.load_state(path, state)
+        set_state_dict(s.raw_model, s.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise UserError(
             f"checkpoint {path} does not fit this model ({str(exc).splitlines()[0][:160]}); "
             "resume with the model and data the run was started with"
         ) from None
-    s.scheduler.load_state_dict(state["scheduler"])
-    if s.scaler is not None and state["scaler"]:
-        s.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    carried = dict(state["carried"])
+    extra = checkpoint.load_extra(path, dist.rank())
+    s.scheduler.load_state_dict(extra["scheduler"])
+    if s.scaler is not None and extra["scaler"]:
+        s.scaler.load_state_dict(extra["scaler"])
+    saved_world = checkpoint.read_meta(path).get("world_size", 1)
+    if saved_world == dist.world_size():  # the same workers: each continues its own random stream
+        set_rng_state(extra["rng"])
+    carried = dict(extra["carried"])
     carried["wall_seconds_before"] = carried.pop("wall_seconds", 0.0)
     job.carried = carried
-    return int(state["step"])
+    return int(extra["step"])
 
 
 # --------------------------------------------------------------------------- summary
@@ -534,14 +711,14 @@ def summarize(
         samples_per_second = step * job.order.global_batch / train_seconds
     flops_per_sample = job.flops.train_per_sample if job.flops else None
     total_flops = flops_per_sample * step * job.order.global_batch if flops_per_sample else None
-    usage = utilisation(flops_per_sample, samples_per_second, device, job.stepper.precision)
+    usage = utilisation(flops_per_sample, samples_per_second, device, job.stepper.precision, dist.world_size())
     tokens = job.tokens_per_sample if job.splits.kind == "tokens" else None
     return {
         "model": job.model_name,
         "data": job.splits.name,
         "device": describe(device),
         "precision": job.stepper.precision,
-        "world_size": 1,
+        "world_size": dist.world_size(),
         "global_batch_size": job.order.global_batch,
         "steps": step,
         "epochs": job.epochs,
@@ -572,7 +749,7 @@ def summarize(
         "target_accuracy": job.config.target_accuracy,
         "time_to_target_seconds": carried.get("time_to_target_seconds"),
         "time_to_target_step": carried.get("time_to_target_step"),
-        "parameters": sum(p.numel() for p in job.stepper.raw_model.parameters()),
+        "parameters": job.parameters,
         "run_dir": str(job.run_dir),
     }
 

@@ -142,9 +142,8 @@ def load_trained_run(run_dir: str | Path) -> tuple[str, nn.Module, Splits]:
     spec = DataSpec(kind=info.kind, input_shape=info.default_input_shape, num_classes=info.default_num_classes)
     splits = load_data(config.data, spec, seed=config.seed, synthetic_samples=config.synthetic_samples)
     model = build_model(config.model, splits.input_shape, splits.num_classes)
-    state = checkpoint.load(found)
     try:
-        model.load_state_dict(state["model"])
+        checkpoint.load_model(found, model)
     except (RuntimeError, KeyError, TypeError) as exc:
         raise UserError(
             f"checkpoint {found} does not fit model {config.model} on {config.data} "

@@ -1,0 +1,126 @@
+"""The process group: started from whatever launched us (torchrun, SLURM, MPI), with the
+backend chosen from the device (NCCL on CUDA, Gloo on CPU) and the device index taken
+from the local rank, never the global rank (which runs past the GPUs of one node).
+
+With one process nothing is started and every helper here is a no-op, so the trainer
+calls them unconditionally.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from dlscale.cluster import ClusterEnv, torch_env
+from dlscale.errors import UserError
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init(env: ClusterEnv, device: torch.device, timeout_s: float) -> None:
+    """Join the job's process group (a no-op for a single process)."""
+    if env.world_size == 1 or active():
+        return
+    os.environ.update(torch_env(env))  # SLURM and MPI speak their own variables; torch reads these
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        backend=backend,
+        init_method="env://",
+        timeout=datetime.timedelta(seconds=timeout_s),
+        device_id=device if device.type == "cuda" else None,
+    )
+
+
+def shutdown() -> None:
+    if active():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's value, on every rank (small picklable objects only)."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(value: Any) -> list[Any]:
+    """Every rank's value, on every rank."""
+    if not active():
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    if active():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= dist.get_world_size()
+    return tensor
+
+
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    if active():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def check_agreement(what: str, value: Any) -> None:
+    """Stop with a clear error when the ranks disagree on ``value`` (before training, not
+    as a hang halfway through it)."""
+    values = gather(value)
+    if any(v != values[0] for v in values):
+        differing = [r for r, v in enumerate(values) if v != values[0]]
+        raise UserError(
+            f"the workers disagree on {what}: rank 0 has {values[0]!r} but rank(s) {differing} "
+            f"have {[values[r] for r in differing]!r}; start every worker with the same command and files"
+        )
+
+
+DistError = getattr(dist, "DistError", RuntimeError)
+
+
+def on_main(work):
+    """Run ``work()`` on rank 0 and hand its result to every rank; a UserError it raises is
+    raised on every rank too (instead of leaving the others waiting in a collective)."""
+    if not active():
+        return work()
+    outcome: tuple[str, Any] = ("ok", None)
+    if is_main():
+        try:
+            outcome = ("ok", work())
+        except UserError as exc:
+            outcome = ("error", str(exc))
+    kind, value = broadcast(outcome)
+    if kind == "error":
+        raise UserError(value)
+    return value

@@ -1,0 +1,85 @@
+"""Start workers through torchrun's elastic agent (``torch.distributed.launcher.api``).
+
+``dlscale train --nproc 4`` does not fork workers itself: it hands
+``python -m dlscale <worker args>`` to the same agent ``torchrun`` uses, which sets each
+worker's RANK/LOCAL_RANK/WORLD_SIZE, runs the rendezvous (c10d on this node's loopback
+for one node; the given endpoint, or a static master address, for several), watches the
+workers, restarts them all up to ``max_restarts`` times when one dies, and writes each
+worker's output to its own log file. A worker sees torchrun's variables and trains
+instead of launching again.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from dlscale.errors import UserError
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    nproc: int  # workers on this node
+    nnodes: int = 1
+    node_rank: int = 0  # for a static rendezvous (--master-addr)
+    rdzv_endpoint: str | None = None  # host:port of a c10d rendezvous
+    master_addr: str | None = None
+    master_port: int = 29500
+    max_restarts: int = 0
+    run_id: str = ""
+
+
+def _rendezvous(plan: LaunchPlan) -> tuple[str, str, dict[str, object]]:
+    """(backend, endpoint, configs) as torchrun would choose them."""
+    if plan.nnodes == 1 and not plan.rdzv_endpoint and not plan.master_addr:
+        return "c10d", "localhost:0", {}  # torchrun --standalone: a free port on loopback
+    if plan.rdzv_endpoint:
+        return "c10d", plan.rdzv_endpoint, {}
+    if plan.master_addr:
+        return "static", f"{plan.master_addr}:{plan.master_port}", {"rank": plan.node_rank}
+    raise UserError(
+        f"--nnodes {plan.nnodes} needs a meeting point: give --rdzv-endpoint HOST:PORT "
+        "(the same on every node) or --master-addr HOST with --node-rank"
+    )
+
+
+def run_workers(worker_args: list[str], plan: LaunchPlan, log_dir: Path) -> dict[int, int]:
+    """Run ``python -m dlscale WORKER_ARGS`` in ``plan.nproc`` workers; return the failed
+    global ranks with their exit codes (empty when every worker succeeded)."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    backend, endpoint, configs = _rendezvous(plan)
+    config = LaunchConfig(
+        min_nodes=plan.nnodes,
+        max_nodes=plan.nnodes,
+        nproc_per_node=plan.nproc,
+        run_id=plan.run_id or uuid.uuid4().hex[:12],
+        rdzv_backend=backend,
+        rdzv_endpoint=endpoint,
+        rdzv_configs=configs,
+        max_restarts=plan.max_restarts,
+        monitor_interval=0.2,
+        start_method="spawn",
+        # every worker's output to its own file; local rank 0 also to this console
+        logs_specs=DefaultLogsSpecs(log_dir=str(log_dir), redirects=Std.ALL, tee={0: Std.ALL}),
+    )
+    try:
+        elastic_launch(config, entrypoint=sys.executable)("-m", "dlscale", *worker_args)
+    except ChildFailedError as failed:
+        return {rank: failure.exitcode for rank, failure in failed.failures.items()}
+    return {}
+
+
+def failure_line(log_dir: Path) -> str | None:
+    """The last ``error: ...`` line any worker wrote, to repeat on the launcher's console."""
+    lines = []
+    for log in sorted(Path(log_dir).rglob("stderr.log")):
+        try:
+            lines += [l for l in log.read_text(errors="replace").splitlines() if l.startswith("error: ")]
+        except OSError:
+            continue
+    return lines[-1] if lines else None
