@@ -40,6 +40,9 @@ def init(env: ClusterEnv, device: torch.device, timeout_s: float) -> None:
     if env.world_size == 1 or active():
         return
     os.environ.update(torch_env(env))  # SLURM and MPI speak their own variables; torch reads these
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # workers on one node share its cores: one thread pool each over all cores would thrash
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)

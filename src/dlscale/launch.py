@@ -62,7 +62,10 @@ def run_workers(worker_args: list[str], plan: LaunchPlan, log_dir: Path) -> dict
         rdzv_endpoint=endpoint,
         rdzv_configs=configs,
         max_restarts=plan.max_restarts,
+        role="rank",
+        log_line_prefix_template="[rank ${rank}] ",
         monitor_interval=0.2,
+        shutdown_timeout=10,  # seconds before the agent SIGKILLs workers that ignore SIGTERM (a frozen one)
         start_method="spawn",
         # every worker's output to its own file; local rank 0 also to this console
         logs_specs=DefaultLogsSpecs(log_dir=str(log_dir), redirects=Std.ALL, tee={0: Std.ALL}),

@@ -220,16 +220,16 @@ def launch_training(config: TrainConfig, overrides: dict[str, Any], progress: Tr
     when the agent restarts them after a failure."""
     from dlscale.launch import LaunchPlan, failure_line, run_workers
 
+    if config.nnodes > 1 and not config.run_dir and config.resume in (None, "auto"):
+        raise UserError("with --nnodes above 1 give --run-dir on a file system every node shares")
+    config, run_dir, _ = locate_run(config, overrides)  # a resumed run's config.toml, with the flags on top
     world = config.nproc * config.nnodes
     if config.batch_size % world:
         raise UserError(
             f"--batch-size {config.batch_size} (the global batch) does not split evenly over {world} workers; "
             f"pick a multiple of {world}"
         )
-    if config.nnodes > 1 and not config.run_dir and config.resume in (None, "auto"):
-        raise UserError("with --nnodes above 1 give --run-dir on a file system every node shares")
     model_info(config.model)  # an unknown name fails here, before any worker starts
-    config, run_dir, _ = locate_run(config, overrides)
     if not runs.holds_run(run_dir):
         runs.create_run_dir(run_dir)
         runs.write_toml(run_dir / "config.toml", config_mod.to_toml_dict(config))
@@ -711,7 +711,9 @@ def summarize(
         samples_per_second = step * job.order.global_batch / train_seconds
     flops_per_sample = job.flops.train_per_sample if job.flops else None
     total_flops = flops_per_sample * step * job.order.global_batch if flops_per_sample else None
-    usage = utilisation(flops_per_sample, samples_per_second, device, job.stepper.precision, dist.world_size())
+    # devices used: every worker's GPU; for CPUs, every node's CPU (workers on one node share it)
+    devices = dist.world_size() if device.type == "cuda" else job.config.nnodes
+    usage = utilisation(flops_per_sample, samples_per_second, device, job.stepper.precision, devices)
     tokens = job.tokens_per_sample if job.splits.kind == "tokens" else None
     return {
         "model": job.model_name,

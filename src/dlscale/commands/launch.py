@@ -88,7 +88,7 @@ def _add_slurm(kinds: Any) -> None:
     add("--port", type=int, help="rendezvous port on the first node (default: 15000 + the job id's last four digits)")
     add("--script", metavar="PATH", help="where to write the script (default runs/<UTC-time>-slurm/job.sbatch)")
     add("--dry-run", action="store_true", help="print the script and write nothing")
-    add("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...", help="what to run, e.g. dlscale train --model resnet50")
+    add("user_command", nargs=argparse.REMAINDER, metavar="-- COMMAND...", help="what to run, e.g. dlscale train --model resnet50")
 
 
 def _add_mpi(kinds: Any) -> None:
@@ -120,7 +120,7 @@ def _add_mpi(kinds: Any) -> None:
     add("--mpi-arg", action="append", default=[], metavar="ARG",
         help="an extra argument for mpirun/mpiexec (repeatable); write it with '=': --mpi-arg=--oversubscribe")
     add("--dry-run", action="store_true", help="print the line and run nothing")
-    add("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...", help="what each rank runs, e.g. dlscale train")
+    add("user_command", nargs=argparse.REMAINDER, metavar="-- COMMAND...", help="what each rank runs, e.g. dlscale train")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _command(args: argparse.Namespace, kind: str) -> list[str]:
-    command = list(args.command)
+    command = list(args.user_command)  # not `args.command`: that is the top-level subcommand's name
     if command and command[0] == "--":
         command = command[1:]
     if not command:
@@ -417,9 +417,28 @@ def _hosts(args: argparse.Namespace) -> list[str]:
     return []
 
 
+def allocation_hosts(environ: dict[str, str] | None = None) -> list[str]:
+    """The nodes of the batch allocation this runs in, where mpirun will place ranks
+    when given no hosts: SLURM's SLURM_JOB_NODELIST, or PBS's PBS_NODEFILE."""
+    env = os.environ if environ is None else environ
+    if env.get("SLURM_JOB_NODELIST"):
+        from dlscale.cluster import expand_hostlist
+
+        try:
+            return expand_hostlist(env["SLURM_JOB_NODELIST"])
+        except UserError as exc:
+            raise UserError(f"SLURM_JOB_NODELIST: {exc}") from None
+    if env.get("PBS_NODEFILE"):
+        try:
+            return [line.strip() for line in Path(env["PBS_NODEFILE"]).read_text().splitlines() if line.strip()]
+        except OSError:
+            return []
+    return []
+
+
 def master_address(hosts: list[str]) -> str:
     """Rank 0's host: the first host (MPI places ranks in host order), or loopback on one machine."""
-    if not hosts or len(set(hosts)) == 1 and hosts[0] in ("localhost", "127.0.0.1"):
+    if len(set(hosts)) <= 1 and (not hosts or hosts[0] in ("localhost", "127.0.0.1") or hosts[0] == socket.gethostname()):
         return "127.0.0.1"
     if hosts[0] in ("localhost", "127.0.0.1"):  # other hosts must reach rank 0: use this machine's name
         return socket.getfqdn()
@@ -474,7 +493,7 @@ def run_mpi(args: argparse.Namespace) -> int:
     _positive(args.np, "--np")
     _port_ok(args.port, "--port")
     flavour, executable = mpi_flavour(args.launcher)
-    hosts = _hosts(args)
+    hosts = _hosts(args) or allocation_hosts()  # inside sbatch/qsub, mpirun spreads ranks over the allocation
     log_dir = None
     if flavour == "openmpi":
         run_dir = run_dir_of(command)

@@ -77,6 +77,7 @@ NOT_CONFIG = ("config", "json", "handler", "command")
 
 def run(args: argparse.Namespace) -> int:
     from dlscale import config as config_mod
+    from dlscale.cluster import detect
     from dlscale.progress import TrainProgress, make_console
     from dlscale.runs import to_json
     from dlscale.train import train
@@ -85,6 +86,6 @@ def run(args: argparse.Namespace) -> int:
     file_values = config_mod.read_toml(args.config) if args.config else {}
     config = config_mod.build(file_values, **overrides)
     result = train(config, overrides, progress=TrainProgress(make_console()))
-    if args.json:
+    if args.json and detect().rank == 0:  # under mpirun or srun every rank shares this console
         print(to_json(result.summary), flush=True)
     return 0
