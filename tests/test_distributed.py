@@ -102,20 +102,20 @@ def _wait_for(predicate, seconds: float = 120) -> None:
         time.sleep(0.02)
 
 
-SLOW = ["train", "--data", "synthetic:3x32x32", "--max-steps", "40", "--checkpoint-every", "8", "--seed", "4", "--nproc", "2"]
+SLOW = ["train", "--data", "synthetic:3x32x32", "--max-steps", "24", "--checkpoint-every", "8", "--seed", "4", "--nproc", "2"]
 
 
 def test_a_killed_worker_is_restarted_and_the_job_ends_with_the_uninterrupted_loss(tmp_path):
     whole = summary_of(run_cli([*SLOW, "--run-dir", "whole", "--json"], cwd=tmp_path))
     proc = _start([*SLOW, "--max-restarts", "1", "--run-dir", "killed", "--json"], cwd=tmp_path)
     run_dir = tmp_path / "killed"
-    _wait_for(lambda: (run_dir / "checkpoints" / "step-16").exists())
+    _wait_for(lambda: (run_dir / "checkpoints" / "step-8").exists())
     victim = _workers_of(Path("killed"))[-1]
     os.kill(victim, signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     got = last_json(out)
-    assert close(got["final_loss"], whole["final_loss"]) and got["steps"] == 40
+    assert close(got["final_loss"], whole["final_loss"]) and got["steps"] == 24
     assert len({p.parent.parent.name for p in (run_dir / "logs").rglob("stderr.log")}) == 2  # attempt_0 and attempt_1
 
 

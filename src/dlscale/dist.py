@@ -127,3 +127,49 @@ def on_main(work):
     if kind == "error":
         raise UserError(value)
     return value
+
+
+class Watchdog:
+    """Ends this worker when the job stops making progress for ``timeout_s`` seconds.
+
+    A collective waiting on a frozen or dead peer can block forever (Gloo's backward-pass
+    all-reduces do not always honour the process group's timeout). The trainer calls
+    ``pet()`` after every step, evaluation batch and checkpoint; if none comes in time this
+    thread says what happened, on one line, and exits with code 2, so the elastic agent
+    ends the job (or restarts it) instead of leaving it hanging.
+    """
+
+    def __init__(self, timeout_s: float, what: str = "a training step") -> None:
+        import threading
+        import time
+
+        self.timeout_s = timeout_s
+        self.what = what
+        self._last = time.monotonic()
+        self._clock = time.monotonic
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="dlscale-watchdog", daemon=True)
+
+    def __enter__(self) -> "Watchdog":
+        if active() and world_size() > 1:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def pet(self) -> None:
+        self._last = self._clock()
+
+    def _watch(self) -> None:
+        import sys
+
+        while not self._stop.wait(1.0):
+            idle = self._clock() - self._last
+            if idle > self.timeout_s:
+                print(
+                    f"error: rank {rank()}: no progress for {idle:.0f} s (--timeout {self.timeout_s:g} s) in "
+                    f"{self.what}: a collective is waiting for a worker that froze or died",
+                    file=sys.stderr, flush=True,
+                )
+                os._exit(2)

@@ -11,6 +11,7 @@ instead of launching again.
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from dataclasses import dataclass
@@ -52,6 +53,10 @@ def run_workers(worker_args: list[str], plan: LaunchPlan, log_dir: Path) -> dict
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    # Workers of a restarted attempt must not meet in the store the failed attempt used: its
+    # stale keys point them at dead peers (Gloo then fails with "connection refused"). Without
+    # sharing, every rendezvous round gets a fresh store.
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     backend, endpoint, configs = _rendezvous(plan)
     config = LaunchConfig(
         min_nodes=plan.nnodes,

@@ -21,7 +21,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -101,6 +101,7 @@ class Job:
     metrics: runs.MetricsLog
     tokens_per_sample: int  # 1 for classifiers, the sequence length for language models
     parameters: int  # counted before any sharding
+    pet: Callable[[], None] = lambda: None  # tells the watchdog the job still makes progress
     carried: dict[str, Any] = field(default_factory=dict)  # totals carried across a resume
 
 
@@ -178,12 +179,16 @@ def _train(
     progress.print(_header(job, start_step))
     progress.start(job.total_steps, start_step)
     timer.restart(step, samples)
-    try:
+    # with several workers a frozen or dead peer ends the job after --timeout, never a hang
+    with dist.Watchdog(cfg.timeout) as watchdog, contextlib.ExitStack() as cleanup:
+        cleanup.callback(progress.stop)
+        job.pet = watchdog.pet
         while step < job.total_steps:
             epoch, first = divmod(step, spe)
             epoch_losses: list[torch.Tensor] = []
             for x, y in timer.waiting_for(train_batches(job.splits.train, job.order, epoch, first, cfg.workers)):
                 loss = train_step(job.stepper, x, y)
+                watchdog.pet()
                 step, samples = step + 1, samples + job.order.local_batch  # this worker's samples
                 window.append(loss)
                 epoch_losses.append(loss)
@@ -203,8 +208,6 @@ def _train(
         progress.stop()
         save_checkpoint(job, step, timer, loop_start, wall_start)
         test_loss, test_accuracy = evaluate(job, job.splits.test)
-    finally:
-        progress.stop()
     summary = summarize(job, step, timer, last_loss, test_loss, test_accuracy, wall_start)
     if dist.is_main():
         runs.write_json(job.run_dir / "hardware.json", hw_report())  # now with the measured peaks (cached)
@@ -355,6 +358,7 @@ def evaluate(job: Job, dataset: Dataset | None) -> tuple[float | None, float | N
             logits = module(x)
         flat = logits.reshape(-1, logits.shape[-1]).float()
         target = y.reshape(-1)
+        job.pet()
         sums += weight * torch.stack([
             torch.nn.functional.cross_entropy(flat, target, reduction="sum").double(),
             (flat.argmax(-1) == target).sum().double(),
@@ -658,8 +662,10 @@ def save_checkpoint(job: Job, step: int, timer: StepTimer, loop_start: float, wa
         "carried": carried,
     }
     meta = {"model": job.model_name, "data": job.splits.name, "strategy": job.config.strategy}
+    job.pet()
     checkpoint.save(job.run_dir, step, {"model": model_state, "optimizer": optimizer_state}, extra, meta,
                     keep=job.config.keep_checkpoints)
+    job.pet()
 
 
 def restore_checkpoint(job: Job, path: Path) -> int:
