@@ -1,1 +1,1 @@
-"""Benchmarks: training throughput (train), inference speed and latency (infer)."""
+"""Benchmarks: training throughput (train), inference speed and latency (infer), collective bandwidth (comm)."""
