@@ -165,3 +165,16 @@ def test_workers_that_disagree_on_the_config_stop_with_a_clear_error(tmp_path):
     for rank in (0, 1):
         text = (tmp_path / f"rank{rank}").read_text()
         assert text.startswith("the workers disagree on the resolved configuration") and "'abd'" in text
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI's mpirun is not installed (apt-get install openmpi-bin)")
+def test_mpirun_starts_the_same_training(tmp_path):
+    one = summary_of(run_cli([*MLP, "--run-dir", "one", "--json"], cwd=tmp_path))
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    done = subprocess.run(
+        ["mpirun", *root, "-np", "2", "--bind-to", "none", sys.executable, "-m", "dlscale", *MLP, "--run-dir", "mpi", "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )
+    two = summary_of(done)
+    assert two["world_size"] == 2 and close(two["final_loss"], one["final_loss"])
+    assert sum(line.startswith("{") for line in done.stdout.splitlines()) == 1  # rank 0 alone prints --json
