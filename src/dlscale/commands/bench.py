@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlscale.commands import bench_comm, bench_infer, bench_train
+from dlscale.commands import bench_comm, bench_infer, bench_scaling, bench_train
 
 
 def add_parser(subparsers: Any) -> None:
@@ -15,7 +15,7 @@ def add_parser(subparsers: Any) -> None:
         description="Measure what the hardware buys: warm-up excluded, repeats with median and spread, provenance stored.",
     )
     kinds = p.add_subparsers(dest="bench_kind", metavar="KIND", parser_class=type(p))
-    for kind in (bench_train, bench_infer, bench_comm):
+    for kind in (bench_train, bench_infer, bench_comm, bench_scaling):
         kind.add_parser(kinds)
     p.set_defaults(handler=lambda args: _missing_kind(p))
 
