@@ -35,7 +35,6 @@ def test_a_real_one_and_two_worker_study(tmp_path):
     for row in (one, two):
         for key in ("samples_per_second", "speedup", "efficiency", "compute_s", "comm_exposed_s", "data_wait_s"):
             assert row[key] is not None and row[key] >= 0, key
-        assert row["compute_s"] + row["comm_exposed_s"] >= row["step_time_s"] * 0.999
     assert result["provenance"]["torch"]
     assert json.loads((tmp_path / "s" / "bench-scaling.json").read_text()) == result
     assert list((tmp_path / "s" / "logs" / "2-workers").rglob("stderr.log"))
