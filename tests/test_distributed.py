@@ -178,3 +178,17 @@ def test_mpirun_starts_the_same_training(tmp_path):
     two = summary_of(done)
     assert two["world_size"] == 2 and close(two["final_loss"], one["final_loss"])
     assert sum(line.startswith("{") for line in done.stdout.splitlines()) == 1  # rank 0 alone prints --json
+
+
+def test_gradient_accumulation_on_two_workers_keeps_the_global_batch(tmp_path):
+    one = summary_of(run_cli([*MLP, "--run-dir", "one", "--json"], cwd=tmp_path))
+    two = summary_of(run_cli([*MLP, "--nproc", "2", "--grad-accum", "2", "--run-dir", "acc", "--json"], cwd=tmp_path))
+    assert two["global_batch_size"] == 64 and close(two["final_loss"], one["final_loss"])
+
+
+def test_scale_lr_applies_the_linear_scaling_rule_and_records_it(tmp_path):
+    summary = summary_of(run_cli(["train", "--model", "mlp", "--max-steps", "5", "--batch-size", "128", "--lr", "0.1",
+                                  "--optimizer", "sgd", "--scale-lr", "--run-dir", "s", "--json"], cwd=tmp_path))
+    assert summary["lr"] == pytest.approx(0.05) and summary["scale_lr"] is True
+    config = (tmp_path / "s" / "config.toml").read_text()
+    assert "scale_lr = true" in config and "lr = 0.1\n" in config  # re-running the file scales once, again

@@ -3,6 +3,7 @@ import math
 import stat
 
 import pytest
+import torch
 
 from dlscale import runs
 from dlscale.errors import UserError
@@ -44,7 +45,7 @@ def test_find_resumable_picks_the_newest_unfinished_run_with_a_checkpoint(tmp_pa
 
     old, new, done = (tmp_path / n for n in ("20260101T000000Z-cnn-digits", "20260102T000000Z-cnn-digits", "20260103T000000Z-cnn-digits"))
     for run in (old, new, done):
-        checkpoint.save(run, 1, {"x": 1}, {}, keep=0)
+        checkpoint.save(run, 1, {"x": torch.ones(1)}, {"step": 1}, {}, keep=0)
     (done / "summary.json").write_text("{}")
     (tmp_path / "20260104T000000Z-mlp-digits").mkdir()
     assert runs.find_resumable(tmp_path, "cnn", "digits") == new

@@ -55,7 +55,13 @@ def init(env: ClusterEnv, device: torch.device, timeout_s: float) -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group together: a worker tearing Gloo down while a peer still
+    talks to it can abort ("terminate called without an active exception")."""
     if active():
+        try:
+            dist.barrier()
+        except Exception:  # a peer already failed: nothing left to wait for
+            pass
         dist.destroy_process_group()
 
 

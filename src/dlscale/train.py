@@ -152,6 +152,16 @@ def train(
         dist.shutdown()
 
 
+def _joins_run_of_another_node(config: TrainConfig) -> bool:
+    """On several nodes every node's launcher starts with the same flags and --run-dir: the
+    first to arrive writes config.toml, the others join when it says the same."""
+    path = Path(config.run_dir) / "config.toml"
+    if not path.is_file() or (Path(config.run_dir) / "summary.json").exists():
+        return False
+    ours = config_mod.to_toml_dict(config)
+    return config_mod.to_toml_dict(config_mod.build(config_mod.read_toml(path))) == ours
+
+
 def _is_collective_failure(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, dist.DistError) or any(
@@ -212,6 +222,7 @@ def _train(
     if dist.is_main():
         runs.write_json(job.run_dir / "hardware.json", hw_report())  # now with the measured peaks (cached)
         runs.write_json(job.run_dir / "summary.json", summary)
+    dist.barrier()  # no worker (nor its node's launcher) ends before summary.json exists
     progress.summary_table(summary, str(job.run_dir))
     return TrainResult(summary=summary, run_dir=job.run_dir, model=job.stepper.raw_model)
 
@@ -225,7 +236,10 @@ def launch_training(config: TrainConfig, overrides: dict[str, Any], progress: Tr
 
     if config.nnodes > 1 and not config.run_dir and config.resume in (None, "auto"):
         raise UserError("with --nnodes above 1 give --run-dir on a file system every node shares")
-    config, run_dir, _ = locate_run(config, overrides)  # a resumed run's config.toml, with the flags on top
+    if config.nnodes > 1 and config.resume is None and _joins_run_of_another_node(config):
+        run_dir = Path(config.run_dir)  # another node's launcher created it for this same job
+    else:
+        config, run_dir, _ = locate_run(config, overrides)  # a resumed run's config.toml, with the flags on top
     world = config.nproc * config.nnodes
     if config.batch_size % world:
         raise UserError(
@@ -424,16 +438,14 @@ def setup(
     conv = info.conv if info is not None else any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     base_lr = config.lr or (1e-3 if config.optimizer == "adamw" else 0.1)
     warmup = config.warmup_steps if config.warmup_steps is not None else total_steps // 20
-    if config.scale_lr:  # Goyal et al. 2017: lr grows with the global batch, after a warm-up
-        base_lr *= config.batch_size / 256
+    if config.scale_lr and config.warmup_steps is None:  # Goyal et al. 2017 warm up over 5 epochs
         warmup = max(warmup, min(total_steps // 10, 5 * steps_per_epoch))
     config = config.replace(
         device=device.type,  # the kind, not the index: every worker's config must hash the same
         precision=precision,
         compile=use_cuda if config.compile is None else config.compile,
         channels_last=(use_cuda and conv) if config.channels_last is None else config.channels_last,
-        lr=base_lr,
-        scale_lr=False,  # applied: the resolved lr already holds it (re-running must not scale twice)
+        lr=base_lr,  # the base rate; with scale_lr the step uses effective_lr(config)
         weight_decay=config.weight_decay if config.weight_decay is not None else (0.01 if config.optimizer == "adamw" else 5e-4),
         warmup_steps=warmup,
         epochs=epochs if config.max_steps else config.epochs,
@@ -565,7 +577,7 @@ def build_stepper(config: TrainConfig, model: torch.nn.Module, device: torch.dev
     if config.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
     wrapped = parallel.wrap(raw_model, config.strategy, device, config.precision)  # FSDP2 shards raw_model in place
-    optimizer = make_optimizer(config, raw_model, device)
+    optimizer = make_optimizer(config.replace(lr=effective_lr(config)), raw_model, device)
     return Stepper(
         raw_model=raw_model,
         model=torch.compile(wrapped) if config.compile else wrapped,
@@ -581,6 +593,12 @@ def build_stepper(config: TrainConfig, model: torch.nn.Module, device: torch.dev
         channels_last=config.channels_last,
         parallel=wrapped,
     )
+
+
+def effective_lr(config: TrainConfig) -> float:
+    """The peak learning rate the optimizer uses: with --scale-lr, the linear scaling rule
+    (Goyal et al. 2017: lr x global batch / 256)."""
+    return config.lr * config.batch_size / 256 if config.scale_lr else config.lr
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -754,6 +772,8 @@ def summarize(
         "tokens_per_second": samples_per_second * tokens if tokens and samples_per_second else None,
         "flops_per_token": flops_per_sample / tokens if tokens and flops_per_sample else None,
         "peak_memory_bytes": peak_memory_bytes(device),
+        "lr": effective_lr(job.config),
+        "scale_lr": job.config.scale_lr,
         "target_accuracy": job.config.target_accuracy,
         "time_to_target_seconds": carried.get("time_to_target_seconds"),
         "time_to_target_step": carried.get("time_to_target_step"),
