@@ -179,3 +179,18 @@ class Watchdog:
                     file=sys.stderr, flush=True,
                 )
                 os._exit(2)
+
+
+def collective_failure(exc: BaseException, timeout_s: float) -> UserError | None:
+    """A collective that failed because a peer froze or died, said in one line; None when
+    ``exc`` is something else (a bug keeps its traceback)."""
+    text = str(exc).lower()
+    broken = isinstance(exc, DistError) or any(
+        words in text for words in ("timed out", "timeout", "connection closed", "connection reset", "broken pipe")
+    )
+    if world_size() <= 1 or not broken:
+        return None
+    return UserError(
+        f"rank {rank()}: a collective operation failed or timed out (--timeout {timeout_s:g} s): "
+        f"another worker froze or died ({str(exc).splitlines()[0][:160]})"
+    )

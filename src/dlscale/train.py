@@ -142,11 +142,9 @@ def train(
     try:
         return _train(config, overrides or {}, env, device, model, data, progress or TrainProgress(None))
     except (RuntimeError, dist.DistError) as exc:
-        if dist.world_size() > 1 and _is_collective_failure(exc):
-            raise UserError(
-                f"rank {dist.rank()}: a collective operation failed or timed out (--timeout {config.timeout:g} s): "
-                f"another worker froze or died ({str(exc).splitlines()[0][:160]})"
-            ) from None
+        failure = dist.collective_failure(exc, config.timeout)
+        if failure is not None:
+            raise failure from None
         raise
     finally:
         dist.shutdown()
@@ -160,13 +158,6 @@ def _joins_run_of_another_node(config: TrainConfig) -> bool:
         return False
     ours = config_mod.to_toml_dict(config)
     return config_mod.to_toml_dict(config_mod.build(config_mod.read_toml(path))) == ours
-
-
-def _is_collective_failure(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, dist.DistError) or any(
-        words in text for words in ("timed out", "timeout", "connection closed", "connection reset", "broken pipe")
-    )
 
 
 def _train(

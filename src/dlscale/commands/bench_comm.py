@@ -223,11 +223,9 @@ def _worker(args: argparse.Namespace, settings: Any, env: Any) -> int:
         try:
             rows = measure(settings, device, say=say)
         except (RuntimeError, dist.DistError) as exc:
-            if tdist.get_world_size() > 1 and _collective_failure(exc):
-                raise UserError(
-                    f"rank {tdist.get_rank()}: a collective failed or timed out (--timeout {args.timeout:g} s): another "
-                    f"worker froze or died ({str(exc).splitlines()[0][:160]})"
-                ) from None
+            failure = dist.collective_failure(exc, args.timeout)
+            if failure is not None:
+                raise failure from None
             raise
         if not main:
             return 0
@@ -262,15 +260,6 @@ def _single_rank_group(device: Any, timeout: float) -> None:
     tdist.init_process_group(
         backend="nccl" if device.type == "cuda" else "gloo", store=tdist.HashStore(), rank=0, world_size=1,
         timeout=datetime.timedelta(seconds=timeout),
-    )
-
-
-def _collective_failure(exc: BaseException) -> bool:
-    from dlscale import dist
-
-    text = str(exc).lower()
-    return isinstance(exc, dist.DistError) or any(
-        words in text for words in ("timed out", "timeout", "connection closed", "connection reset", "broken pipe")
     )
 
 
