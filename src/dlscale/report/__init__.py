@@ -1,0 +1,1 @@
+"""Turning measurements into pictures: plots (matplotlib) and a self-contained HTML report."""
