@@ -13,7 +13,7 @@ import sys
 from typing import Any, NoReturn
 
 from dlscale import __version__
-from dlscale.commands import bench, compute, hw, lab, launch, predict, train
+from dlscale.commands import bench, compute, hw, lab, launch, predict, report, train
 from dlscale.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -36,7 +36,7 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--version", action="version", version=f"dlscale {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for command in (train, hw, bench, launch, predict, compute, lab):
+    for command in (train, hw, bench, launch, predict, compute, report, lab):
         command.add_parser(subparsers)
     return parser
 
