@@ -138,7 +138,7 @@ def run_lab(out: Path, quick: bool, say: Callable[[str], None]) -> Path:
 
     section = "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>"
     report = build_report(inputs, out / "report.html", title="dlscale lab: what the hardware buys",
-                          extra_sections=[("The lab in a few lines", section)])
+                          extra_sections=[("The lab in a few lines", section)], plots_dir=out / "figures")
     runs.write_json(out / "lab.json", {"notes": notes, "inputs": [str(p) for p in inputs], "quick": quick})
     return report
 
