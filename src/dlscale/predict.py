@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from dlscale.errors import UserError
 
@@ -256,3 +257,56 @@ def predict(
                 flops_per_sample * per_gpu_batch / t if flops_per_sample else None),
         })
     return rows
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _bench_rows(path: str | Path, kind: str) -> list[dict[str, Any]]:
+    """The rows of a `dlscale bench KIND` result: its JSON file, or the run directory holding it."""
+    import json
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / f"bench-{kind}.json"
+    try:
+        result = json.loads(path.read_text())
+        rows = result["results"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is not a 'dlscale bench {kind}' result (bench-{kind}.json)") from None
+    if result.get("kind") not in (None, kind) or not rows:
+        raise UserError(f"{path} is not a 'dlscale bench {kind}' result with rows")
+    return rows
+
+
+def network_from_comm(path: str | Path) -> Network:
+    """This machine's link, as `bench comm` measured it: the all-reduce bus bandwidth at the
+    largest size, and the per-step latency from the smallest size (t = 2(N-1) latencies)."""
+
+    rows = [r for r in _bench_rows(path, "comm") if r.get("op") == "all_reduce" and r.get("time_s")]
+    if not rows or rows[0]["world_size"] < 2:
+        raise UserError(f"{path} has no all_reduce rows over 2 or more ranks to calibrate from")
+    largest = max(rows, key=lambda r: r["bytes"])
+    smallest = min(rows, key=lambda r: r["bytes"])
+    latency = smallest["time_s"] / (2 * (smallest["world_size"] - 1))
+    return Network(
+        name="measured", bandwidth=largest["busbw_gbps"] * GB, latency=latency, scope="intra",
+        source=f"calibrated from {path}: all_reduce busbw {largest['busbw_gbps']:.3g} GB/s at "
+               f"{largest['bytes']} bytes, latency {latency * 1e6:.3g} us from {smallest['bytes']} bytes",
+    )
+
+
+def fit_overhead(measured: dict[str, Any], predict_at: Callable[[float], float]) -> float:
+    """The per-step overhead (s) that makes the model's efficiency at the measured worker count
+    equal the measured one (bisection; 0 when the model is already no better than measured)."""
+    target = measured["efficiency"]
+    low, high = 0.0, 10.0
+    if predict_at(low) <= target:
+        return 0.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        if predict_at(middle) > target:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2

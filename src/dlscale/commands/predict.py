@@ -82,6 +82,8 @@ def add_parser(subparsers: Any) -> None:
     add("--overlap", type=float, default=None, help="share of the backward pass the all-reduce may hide under (default 0.8)")
     add("--overhead-ms", type=float, default=None, help="constant overhead per multi-GPU step in ms (default 2)")
     add("--jitter", type=float, default=None, help="step-time coefficient of variation for the straggler term (default 0.02)")
+    add("--calibrate-comm", metavar="BENCH_COMM", help="a 'dlscale bench comm' result (file or run dir): its measured all-reduce bandwidth and latency become the intra-node link")
+    add("--calibrate-scaling", metavar="BENCH_SCALING", help="a 'dlscale bench scaling' result: its one-worker speed (unless --single-throughput) and a per-step overhead fitted to its measured efficiency")
     add("--list-networks", action="store_true", help="print the network presets with their sources and exit")
     add("--json", action="store_true", help="print one JSON object as the last stdout line")
     p.set_defaults(handler=run)
@@ -151,10 +153,15 @@ def run(args: argparse.Namespace) -> int:
     if params is None:
         raise UserError("give --model NAME (or --params N) so the gradient size is known")
 
+    scaling_rows = model._bench_rows(args.calibrate_scaling, "scaling") if args.calibrate_scaling else None
     if args.single_throughput is not None:
         if not args.single_throughput > 0:
             raise UserError(f"--single-throughput must be above 0 samples/s; got {args.single_throughput}")
         single, speed_source = args.single_throughput, f"measured: {args.single_throughput:g} samples/s (given)"
+    elif scaling_rows:
+        one = min(scaling_rows, key=lambda r: r["workers"])
+        single = one["samples_per_second"] / one["workers"]
+        speed_source = f"measured: {single:,.1f} samples/s per worker by bench scaling ({args.calibrate_scaling})"
     elif args.device:
         single, speed_source = _from_datasheet(args, train_flops)
     else:
@@ -169,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         inter = model.custom_network(args.bandwidth, latency)
     elif args.latency is not None:
         inter = model.custom_network(inter.bandwidth / model.GB, args.latency, name=f"{inter.name}+latency")
-    intra = model.network(args.intra_network)
+    intra = model.network_from_comm(args.calibrate_comm) if args.calibrate_comm else model.network(args.intra_network)
 
     knobs: dict[str, Any] = {}
     if args.overlap is not None:
@@ -183,6 +190,19 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--jitter must be at least 0; got {args.jitter}")
         knobs["jitter_cv"] = args.jitter
 
+    if scaling_rows and args.overhead_ms is None:
+        largest = max(scaling_rows, key=lambda r: r["workers"])
+        if largest["workers"] > 1:
+            def efficiency_at(overhead: float) -> float:
+                return model.predict(
+                    params, train_flops, largest["per_worker_batch"], single, [1, largest["workers"]],
+                    largest["workers"], intra, inter, grad_bytes_per_param=GRAD_BYTES[args.precision],
+                    **{**knobs, "overhead_s": overhead},
+                )[-1]["efficiency"]
+
+            knobs["overhead_s"] = model.fit_overhead(largest, efficiency_at)
+            console.print(f"calibrated: per-step overhead {knobs['overhead_s'] * 1e3:.3g} ms makes the model match the "
+                          f"measured {100 * largest['efficiency']:.1f}% efficiency at {largest['workers']} workers")
     rows = model.predict(
         params, train_flops, args.batch_size, single, gpus, args.gpus_per_node, intra, inter,
         grad_bytes_per_param=GRAD_BYTES[args.precision], nics_per_node=args.nics_per_node, **knobs,
@@ -197,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
         "overhead_s": knobs.get("overhead_s", model.OVERHEAD_S),
         "jitter_cv": knobs.get("jitter_cv", model.JITTER_CV),
         "bucket_bytes": model.BUCKET_BYTES,
+        "calibrated_from": {"comm": args.calibrate_comm, "scaling": args.calibrate_scaling},
     }
     _print_rows(console, rows, inputs)
     if args.json:
