@@ -38,6 +38,7 @@ def test_default_train_reaches_97_percent_on_digits_and_writes_the_run_directory
     assert summary["achieved_flops_per_second"] == pytest.approx(summary["flops_per_sample"] * summary["samples_per_second"])
     assert summary["mfu_datasheet"] is None and 0 <= summary["data_wait_fraction"] < 1
     assert summary["peak_memory_bytes"] > 0 and summary["warmup_seconds"] > 0
+    assert summary["energy_kwh"] is None  # no GPU power readings on a CPU
 
 
 def test_config_file_of_a_run_reproduces_it(tmp_path):

@@ -33,6 +33,7 @@ from dlscale.cluster import ClusterEnv, detect
 from dlscale.config import TrainConfig
 from dlscale.data import DataSpec, Splits, load_data
 from dlscale.device import autocast, describe, peak_memory_bytes, resolve_device, resolve_precision
+from dlscale.energy import PowerSampler
 from dlscale.errors import UserError
 from dlscale.flops import FlopCount, count as count_flops, loss_fn
 from dlscale.hardware import hw_report
@@ -181,7 +182,9 @@ def _train(
     progress.start(job.total_steps, start_step)
     timer.restart(step, samples)
     # with several workers a frozen or dead peer ends the job after --timeout, never a hang
-    with dist.Watchdog(cfg.timeout) as watchdog, contextlib.ExitStack() as cleanup:
+    device = job.stepper.device
+    power = PowerSampler(device.index or 0) if device.type == "cuda" else contextlib.nullcontext()
+    with dist.Watchdog(cfg.timeout) as watchdog, power, contextlib.ExitStack() as cleanup:
         cleanup.callback(progress.stop)
         job.pet = watchdog.pet
         while step < job.total_steps:
@@ -209,6 +212,7 @@ def _train(
         progress.stop()
         save_checkpoint(job, step, timer, loop_start, wall_start)
         test_loss, test_accuracy = evaluate(job, job.splits.test)
+    job.carried["energy_kwh"] = _energy(job, power)
     summary = summarize(job, step, timer, last_loss, test_loss, test_accuracy, wall_start)
     if dist.is_main():
         runs.write_json(job.run_dir / "hardware.json", hw_report())  # now with the measured peaks (cached)
@@ -216,6 +220,15 @@ def _train(
     dist.barrier()  # no worker (nor its node's launcher) ends before summary.json exists
     progress.summary_table(summary, str(job.run_dir))
     return TrainResult(summary=summary, run_dir=job.run_dir, model=job.stepper.raw_model)
+
+
+def _energy(job: Job, power: Any) -> float | None:
+    """kWh of all workers' GPUs, from their power readings; None unless every worker had them."""
+    local = getattr(power, "kwh", None)
+    total = dist.sum_over_ranks(torch.tensor([local or 0.0, float(local is None)], dtype=torch.float64, device=job.stepper.device))
+    if total[1] > 0:
+        return None
+    return float(total[0]) + (job.carried.get("energy_kwh") or 0.0)
 
 
 def launch_training(config: TrainConfig, overrides: dict[str, Any], progress: TrainProgress) -> TrainResult:
@@ -763,6 +776,7 @@ def summarize(
         "tokens_per_second": samples_per_second * tokens if tokens and samples_per_second else None,
         "flops_per_token": flops_per_sample / tokens if tokens and flops_per_sample else None,
         "peak_memory_bytes": peak_memory_bytes(device),
+        "energy_kwh": carried.get("energy_kwh"),  # GPU power readings (nvidia-ml-py); null when not sampled
         "lr": effective_lr(job.config),
         "scale_lr": job.config.scale_lr,
         "target_accuracy": job.config.target_accuracy,

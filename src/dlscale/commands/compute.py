@@ -16,7 +16,8 @@ from typing import Any
 from dlscale.errors import UserError
 
 DEVICE_HOURS_BASIS = "wall_seconds x world_size / 3600 (every rank's device held for the run's wall time)"
-ENERGY_NOTE = "energy_kwh is null: dlscale does not sample device power yet"
+ENERGY_NOTE = ("energy_kwh is null: no power was sampled (dlscale reads GPU power through nvidia-ml-py "
+               "during CUDA runs; CPUs and runs without it have no figure)")
 CHART_NOTE = "install matplotlib for the chart (--chart skipped)"
 
 
@@ -83,7 +84,9 @@ def compute_report(run_dir: str | Path) -> dict[str, Any]:
     device_hours = wall * world / 3600 if wall is not None else None
     if device_hours is None:
         notes.append("device_hours is null: summary.json has no wall_seconds")
-    notes.append(ENERGY_NOTE)
+    energy = summary.get("energy_kwh")
+    if energy is None:
+        notes.append(ENERGY_NOTE)
     alexnet, gpt3 = landmark("AlexNet").pfs_days, landmark("GPT-3 175B").pfs_days
     return {
         "run_dir": str(run_dir),
@@ -95,7 +98,7 @@ def compute_report(run_dir: str | Path) -> dict[str, Any]:
         "pfs_days": run_pfs,
         "device_hours": device_hours,
         "device_hours_basis": DEVICE_HOURS_BASIS,
-        "energy_kwh": None,
+        "energy_kwh": energy,
         "landmarks": [entry.as_dict() for entry in LANDMARKS],
         "rank_among_landmarks": rank_among(run_pfs),
         "rank_among_landmarks_basis": f"{RANK_BASIS}, of {len(LANDMARKS)}",
@@ -158,7 +161,7 @@ def print_report(console: Any, report: dict[str, Any]) -> None:
         ("total FLOPs", f"{report['total_flops']:.4g}"),
         ("petaflop/s-days", f"{report['pfs_days']:.4g}"),
         ("device-hours", "-" if dh is None else f"{dh:.4g} ({report['world_size']} x {report['device'] or '?'})"),
-        ("energy", "- (not sampled)"),
+        ("energy", "- (not sampled)" if report["energy_kwh"] is None else f"{report['energy_kwh']:.4g} kWh (GPU power readings)"),
         ("rank among landmarks", f"{report['rank_among_landmarks']}: used more compute than {report['rank_among_landmarks']} of {len(LANDMARKS)} landmarks"),
         ("vs AlexNet", _times(report["fraction_of_alexnet"], "AlexNet")),
         ("vs GPT-3 175B", _times(report["fraction_of_gpt3"], "GPT-3 175B")),
