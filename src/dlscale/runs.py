@@ -109,8 +109,13 @@ def _slug(text: str) -> str:
 
 
 def default_run_dir(model: str, data: str, root: Path = Path("runs")) -> Path:
+    return unique_run_dir(f"{_slug(model)}-{_slug(data)}", root)
+
+
+def unique_run_dir(name: str, root: Path = Path("runs")) -> Path:
+    """``root/<UTC-time>-<name>``, with -2, -3, ... when that folder exists (not created)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = root / f"{stamp}-{_slug(model)}-{_slug(data)}"
+    base = root / f"{stamp}-{name}"
     candidate, n = base, 2
     while candidate.exists():
         candidate = base.with_name(f"{base.name}-{n}")

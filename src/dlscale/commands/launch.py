@@ -31,7 +31,6 @@ import shutil
 import socket
 import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -165,13 +164,9 @@ def run_dir_of(command: list[str]) -> str | None:
 
 def _launch_dir(kind: str, root: Path = Path("runs")) -> Path:
     """A fresh ``runs/<UTC-time>-<kind>`` folder name (not created)."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = root / f"{stamp}-{kind}"
-    candidate, n = base, 2
-    while candidate.exists():
-        candidate = base.with_name(f"{base.name}-{n}")
-        n += 1
-    return candidate
+    from dlscale.runs import unique_run_dir
+
+    return unique_run_dir(kind, root)
 
 
 # --------------------------------------------------------------------------- slurm
