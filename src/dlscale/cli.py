@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from dlscale import __version__
 from dlscale.commands import bench, compute, hw, lab, launch, predict, report, train

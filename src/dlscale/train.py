@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dlscale import checkpoint, config as config_mod, dist, parallel, runs
+from dlscale import checkpoint, config as config_mod, dist, runs
 from dlscale.batches import BatchOrder, eval_batches, train_batches
 from dlscale.cluster import ClusterEnv, detect
 from dlscale.config import TrainConfig
@@ -35,11 +35,12 @@ from dlscale.data import DataSpec, Splits, load_data
 from dlscale.device import autocast, describe, peak_memory_bytes, resolve_device, resolve_precision
 from dlscale.energy import PowerSampler
 from dlscale.errors import UserError
-from dlscale.flops import FlopCount, count as count_flops, loss_fn
+from dlscale.flops import FlopCount, count as count_flops
 from dlscale.hardware import hw_report
 from dlscale.metrics import global_counts, utilisation
 from dlscale.models import ModelInfo, build_model, model_info
 from dlscale.progress import TrainProgress
+from dlscale.step import Stepper, build_stepper, effective_lr, to_device, train_step
 from dlscale.timing import StepTimer
 
 PFS_DAY_FLOPS = 1e15 * 86400
@@ -47,43 +48,6 @@ PFS_DAY_FLOPS = 1e15 * 86400
 
 class TrainingDiverged(UserError):
     """The loss stopped being a finite number; the run stops and keeps its last good checkpoint."""
-
-
-@dataclass
-class Stepper:
-    """What one optimizer step needs; the trainer and `bench train` share it, so the
-    benchmark measures exactly the step that training runs."""
-
-    raw_model: torch.nn.Module  # the module whose state is saved and evaluated
-    model: torch.nn.Module  # what the step calls: raw_model, or its compiled form
-    device: torch.device
-    precision: str
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler | None
-    grad_accum: int
-    grad_clip: float
-    channels_last: bool
-    parallel: torch.nn.Module  # the DDP wrapper or the FSDP2 root (raw_model itself with one worker)
-
-    def sync_gradients(self, sync: bool):
-        """Skip the gradient all-reduce on all but the last micro-batch of an accumulated step."""
-        if sync or dist.world_size() == 1:
-            return contextlib.nullcontext()
-        if hasattr(self.parallel, "no_sync"):  # DDP
-            return self.parallel.no_sync()
-        if hasattr(self.parallel, "set_requires_gradient_sync"):  # FSDP2
-            self.parallel.set_requires_gradient_sync(False)
-            return _ResumeGradientSync(self.parallel)
-        return contextlib.nullcontext()
-
-
-class _ResumeGradientSync(contextlib.AbstractContextManager):
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module = module
-
-    def __exit__(self, *exc: object) -> None:
-        self.module.set_requires_gradient_sync(True)
 
 
 @dataclass
@@ -269,33 +233,6 @@ def launch_training(config: TrainConfig, overrides: dict[str, Any], progress: Tr
     return TrainResult(summary=summary, run_dir=run_dir, model=None)
 
 
-def train_step(s: Stepper, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One optimizer step over the batch, split into ``grad_accum`` micro-batches."""
-    x, y = to_device(s, x), y.to(s.device, non_blocking=True)
-    total = torch.zeros((), device=s.device)
-    for i, (micro_x, micro_y) in enumerate(zip(x.chunk(s.grad_accum), y.chunk(s.grad_accum))):
-        with s.sync_gradients(i == s.grad_accum - 1):
-            with autocast(s.device, s.precision):
-                loss = loss_fn(s.model(micro_x), micro_y) / s.grad_accum
-            if s.scaler is not None:
-                s.scaler.scale(loss).backward()
-            else:
-                loss.backward()
-        total += loss.detach()
-    if s.grad_clip > 0:
-        if s.scaler is not None:
-            s.scaler.unscale_(s.optimizer)
-        torch.nn.utils.clip_grad_norm_(s.raw_model.parameters(), s.grad_clip)
-    if s.scaler is not None:
-        s.scaler.step(s.optimizer)
-        s.scaler.update()
-    else:
-        s.optimizer.step()
-    s.optimizer.zero_grad(set_to_none=True)
-    s.scheduler.step()
-    return total
-
-
 def log_interval(
     job: Job, timer: StepTimer, window: list[torch.Tensor], step: int, samples: int, progress: TrainProgress
 ) -> float:
@@ -385,13 +322,6 @@ def evaluate(job: Job, dataset: Dataset | None) -> tuple[float | None, float | N
     module.train()
     loss_sum, correct, count = dist.sum_over_ranks(sums).tolist()
     return loss_sum / count, correct / count
-
-
-def to_device(s: Stepper, x: torch.Tensor) -> torch.Tensor:
-    x = x.to(s.device, non_blocking=True)
-    if s.channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 # --------------------------------------------------------------------------- setup
@@ -572,65 +502,6 @@ def _keep_small_data_on_device(splits: Splits, device: torch.device) -> Splits:
             dataset = torch.utils.data.TensorDataset(*(t.to(device) for t in tensors))
         moved[name] = dataset
     return Splits(splits.name, splits.kind, splits.input_shape, splits.num_classes, **moved)
-
-
-def build_stepper(config: TrainConfig, model: torch.nn.Module, device: torch.device, total_steps: int) -> Stepper:
-    """Place the model (channels_last, compile) and build its optimizer, schedule and scaler.
-    ``config`` is resolved: precision, compile, channels_last and lr are concrete values."""
-    raw_model = model.to(device)
-    if config.channels_last:
-        raw_model = raw_model.to(memory_format=torch.channels_last)
-    wrapped = parallel.wrap(raw_model, config.strategy, device, config.precision)  # FSDP2 shards raw_model in place
-    optimizer = make_optimizer(config.replace(lr=effective_lr(config)), raw_model, device)
-    return Stepper(
-        raw_model=raw_model,
-        model=torch.compile(wrapped) if config.compile else wrapped,
-        device=device,
-        precision=config.precision,
-        optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_factor(config.schedule, config.warmup_steps, total_steps)
-        ),
-        scaler=torch.amp.GradScaler(device.type) if config.precision == "fp16" else None,
-        grad_accum=config.grad_accum,
-        grad_clip=config.grad_clip,
-        channels_last=config.channels_last,
-        parallel=wrapped,
-    )
-
-
-def effective_lr(config: TrainConfig) -> float:
-    """The peak learning rate the optimizer uses: with --scale-lr, the linear scaling rule
-    (Goyal et al. 2017: lr x global batch / 256)."""
-    return config.lr * config.batch_size / 256 if config.scale_lr else config.lr
-
-
-def make_optimizer(config: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW or SGD with momentum; no weight decay on biases and norm weights (1-D tensors)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
-    fused = device.type == "cuda" or None  # the fused CUDA kernels: one launch for all parameters
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, fused=fused)
-    return torch.optim.AdamW(groups, lr=config.lr, fused=fused)
-
-
-def lr_factor(schedule: str, warmup: int, total: int):
-    """Linear warm-up to the base learning rate, then cosine decay to zero (or constant)."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 def seed_everything(seed: int) -> None:

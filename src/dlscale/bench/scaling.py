@@ -27,7 +27,7 @@ from dlscale import dist
 from dlscale.bench.train import Setting, Workload, _stepper
 from dlscale.device import synchronize
 from dlscale.metrics import global_counts
-from dlscale.train import train_step
+from dlscale.step import train_step
 
 
 def _timed_steps(stepper, batch, device, steps: int, sync: bool) -> tuple[float, float]:

@@ -24,7 +24,7 @@ from dlscale.device import peak_memory_bytes, reset_peak_memory, synchronize
 from dlscale.flops import count as count_flops
 from dlscale.metrics import utilisation
 from dlscale.models import ModelInfo, build_model
-from dlscale.train import build_stepper, train_step
+from dlscale.step import build_stepper, train_step
 
 
 @dataclass(frozen=True)

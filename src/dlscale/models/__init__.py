@@ -13,7 +13,6 @@ language models take int64 token ids (B, T), T <= seq_len, and return logits
 (B, T, vocab).
 """
 
-import math
 from dataclasses import dataclass
 
 from torch import nn
