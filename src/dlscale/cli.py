@@ -9,6 +9,7 @@ output goes to stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 
@@ -42,6 +43,19 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _run(argv)
+    if argv is None and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # A worker of a multi-process job, everything written and its process group left:
+        # end here. Gloo's C++ threads can otherwise abort the interpreter's own shutdown
+        # ("terminate called without an active exception") and turn a finished job into a
+        # failed one (the upstream fix, an atexit destroy, was abandoned: pytorch#179291).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)

@@ -9,6 +9,7 @@ calls them unconditionally.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from typing import Any
 
@@ -63,6 +64,7 @@ def shutdown() -> None:
         except Exception:  # a peer already failed: nothing left to wait for
             pass
         dist.destroy_process_group()
+        gc.collect()  # release Gloo work objects while the interpreter is fully alive
 
 
 def barrier() -> None:
