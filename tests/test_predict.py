@@ -133,7 +133,7 @@ def test_command_device_mfu_and_overrides(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--model", "resnet50", "--gpus", "1,8"], "single-GPU speed"),
+    (["--params", "1000000", "--gpus", "1,8"], "single-GPU speed"),
     (["--model", "nope", "--single-throughput", "10"], "unknown model"),
     (["--model", "resnet50", "--single-throughput", "10", "--network", "carrier-pigeon"], "unknown network"),
     (["--model", "resnet50", "--single-throughput", "10", "--gpus", "1,x"], "--gpus"),
@@ -145,6 +145,13 @@ def test_user_mistakes_are_one_error_line(capsys, argv, message):
     assert main(["predict", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_the_design_contract_command_measures_the_speed_when_none_is_given(capsys):
+    assert main(["predict", "--model", "mlp", "--gpus", "1,8", "--network", "ib-edr", "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert obj["inputs"]["single_throughput_source"].startswith("measured now on cpu")
+    assert obj["inputs"]["single_throughput"] > 0 and [r["gpus"] for r in obj["results"]] == [1, 8]
 
 
 def test_help_states_the_assumptions(capsys):

@@ -68,7 +68,7 @@ def add_parser(subparsers: Any) -> None:
     add("--params", type=int, help="parameter count, overriding the model's")
     add("--flops-per-sample", type=float, help="training FLOPs per sample, overriding the model's count")
     add("--batch-size", type=int, default=32, help="per-GPU batch (default 32; weak scaling)")
-    add("--single-throughput", type=float, metavar="SAMPLES_PER_S", help="one GPU's measured training samples/s")
+    add("--single-throughput", type=float, metavar="SAMPLES_PER_S", help="one GPU's measured training samples/s (default with --model: measured now on this machine's best device)")
     add("--device", help="a GPU name for its datasheet peak (as torch names it, e.g. 'NVIDIA A100-SXM4-80GB')")
     add("--mfu", type=float, default=0.4, help="assumed model-FLOPs utilisation with --device (default 0.4)")
     add("--precision", default="fp32", choices=tuple(GRAD_BYTES), help="training and gradient precision (default fp32: 4-byte gradients)")
@@ -164,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
         speed_source = f"measured: {single:,.1f} samples/s per worker by bench scaling ({args.calibrate_scaling})"
     elif args.device:
         single, speed_source = _from_datasheet(args, train_flops)
+    elif args.model:
+        single, speed_source = _measure_here(args.model, args.batch_size, console)
     else:
         raise UserError("give the single-GPU speed: --single-throughput SAMPLES_PER_S (measured, e.g. by "
                         "'dlscale bench train'), or --device NAME --mfu 0.4 for its datasheet peak x an assumed MFU")
@@ -223,6 +225,24 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(to_json(result_object(rows, inputs=inputs, assumptions=list(ASSUMPTIONS))), flush=True)
     return 0
+
+
+def _measure_here(name: str, batch_size: int, console: Any) -> tuple[float, str]:
+    """No speed given: measure one training step rate of the model on this machine's best
+    device (the trainer's own step, synthetic batch, a short `bench train`)."""
+    from dlscale.bench.train import Setting, Workload, measure
+    from dlscale.device import resolve_device, resolve_precision
+    from dlscale.models import model_info
+
+    info = model_info(name)
+    device = resolve_device("auto")
+    precision = resolve_precision("auto", device)
+    console.print(f"no --single-throughput given: measuring {name} at batch {batch_size} on {device} ({precision}) ...")
+    workload = Workload(info, info.default_input_shape, info.default_num_classes)
+    row = measure(workload, Setting(batch_size, precision, False, device.type == "cuda" and info.conv), device,
+                  steps=3, warmup=1, repeats=1)
+    speed = row["samples_per_second"]
+    return speed, f"measured now on {device} ({precision}, eager, 3 steps): {speed:,.1f} samples/s"
 
 
 def _from_datasheet(args: argparse.Namespace, train_flops: float | None) -> tuple[float, str]:
