@@ -147,3 +147,23 @@ def test_compile_on_cpu_keeps_its_warm_up_apart(tmp_path):
     assert "compile = true" in (tmp_path / "r/config.toml").read_text()
     # compilation happens in the first steps: they are warm-up, reported apart from the timed steps
     assert summary["warmup_seconds"] > summary["train_seconds"] - summary["warmup_seconds"]
+
+
+def test_resuming_from_a_tampered_checkpoint_is_one_error_line_and_runs_nothing(tmp_path):
+    import os
+    import pickle
+
+    done = run_cli(["train", "--model", "mlp", "--max-steps", "10", "--checkpoint-every", "5", "--run-dir", "r"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "r" / "summary.json").unlink()  # as if the run had died after its last checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    (tmp_path / "r" / "checkpoints" / "step-10" / ".metadata").write_bytes(pickle.dumps(Evil()))
+    resumed = run_cli(["train", "--resume", "r"], cwd=tmp_path)
+    assert resumed.returncode == 2
+    lines = resumed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: checkpoint r/checkpoints/step-10 cannot be read")
+    assert "posix.system" in lines[0] and not (tmp_path / "pwned").exists()

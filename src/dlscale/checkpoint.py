@@ -21,6 +21,7 @@ and the extra files go through ``weights_only`` loading.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -177,6 +178,10 @@ class SafeReader(FileSystemReader):
 
 
 def _unreadable(path: Path, exc: BaseException) -> UserError:
+    if isinstance(exc, CheckpointException):  # DCP wraps each rank's error: say the innermost reason
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[-1] if lines else "unknown"
+        return UserError(f"checkpoint {path} cannot be read ({reason[:240]}); delete it to resume from an older one")
     return UserError(
         f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
         "delete it to resume from an older one"
@@ -185,12 +190,17 @@ def _unreadable(path: Path, exc: BaseException) -> UserError:
 
 def load_state(path: Path, state: dict[str, Any]) -> None:
     """Fill ``state`` (model/optimizer state dicts shaped for this job) in place from a checkpoint."""
+    loader_log = logging.getLogger()  # DCP's loader logs on the root logger, a traceback per failed fallback
+    level = loader_log.level
+    loader_log.setLevel(logging.CRITICAL)  # the one-line error below says it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             dcp.load(state, storage_reader=SafeReader(Path(path)))
     except (Exception, CheckpointException) as exc:  # corrupt, foreign or tampered files: say which, never run their code
         raise _unreadable(path, exc) from None
+    finally:
+        loader_log.setLevel(level)
 
 
 def load_extra(path: Path, rank: int) -> dict[str, Any]:
