@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from dlscale.cli import main
+
 from dlscale.bench.comm import (
     algbw_gbps,
     busbw_factor,
@@ -26,23 +28,6 @@ from conftest import last_json
 
 ROW_KEYS = {"op", "bytes", "world_size", "time_s", "algbw_gbps", "busbw_gbps"}
 K, M = 2**10, 2**20
-
-
-def main_local(argv: list[str]) -> int:
-    """``dlscale`` with only ``bench comm`` registered, parsed the way dlscale.cli does it
-    (a user error is one ``error:`` line and exit code 2)."""
-    from dlscale.cli import EXIT_USER_ERROR, Parser
-
-    parser = Parser(prog="dlscale")
-    commands = parser.add_subparsers(dest="command", parser_class=Parser)
-    kinds = commands.add_parser("bench").add_subparsers(dest="bench_kind", parser_class=Parser)
-    bench_comm.add_parser(kinds)
-    try:
-        args = parser.parse_args(argv)
-        return args.handler(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
 
 
 @pytest.fixture
@@ -132,7 +117,7 @@ def test_bus_bandwidth_factors_follow_nccl_tests():
 
 def test_one_rank_runs_in_this_process(tmp_path, capsys):
     run_dir = tmp_path / "b"
-    assert main_local(["bench", "comm", "--nproc", "1", "--sizes", "1K,4K", "--ops", "all_reduce,all_gather,broadcast",
+    assert main(["bench", "comm", "--nproc", "1", "--sizes", "1K,4K", "--ops", "all_reduce,all_gather,broadcast",
                        "--dtype", "bf16", "--iters", "2", "--warmup", "1", "--run-dir", str(run_dir), "--json"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out.strip().splitlines()[-1])
@@ -156,7 +141,7 @@ def test_launcher_repeats_a_failed_workers_error(tmp_path, capsys, monkeypatch):
         return {1: 2}
 
     monkeypatch.setattr(dlscale.launch, "run_workers", failing)
-    assert main_local(["bench", "comm", "--nproc", "2", "--device", "cpu", "--sizes", "1K",
+    assert main(["bench", "comm", "--nproc", "2", "--device", "cpu", "--sizes", "1K",
                        "--run-dir", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "error: worker rank 1 failed (exit code 2): rank 1: all_reduce broke"

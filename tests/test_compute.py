@@ -9,26 +9,10 @@ import math
 import pytest
 
 import dlscale
-from dlscale.cli import Parser
 from dlscale.commands import compute
 from dlscale.errors import UserError
+from dlscale.cli import main
 from dlscale.history import FLOPS_PER_PFS_DAY, LANDMARKS, landmark, nearest, pfs_days, rank_among
-
-
-def _main(argv: list[str]) -> int:
-    """dlscale.cli.main's error handling, with the compute parser registered locally."""
-    from dlscale.cli import EXIT_USER_ERROR
-
-    parser = Parser(prog="dlscale")
-    compute.add_parser(parser.add_subparsers(dest="command", parser_class=Parser))
-    try:
-        args = parser.parse_args(argv)
-        return args.handler(args)
-    except UserError as exc:
-        import sys
-
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +64,7 @@ def test_nearest():
 
 
 def test_cli_on_a_real_run(tiny_run, capsys):
-    assert _main(["compute", str(tiny_run), "--json"]) == 0
+    assert main(["compute", str(tiny_run), "--json"]) == 0
     out, err = capsys.readouterr()
     obj = json.loads(out.strip().splitlines()[-1])
     summary = json.loads((tiny_run / "summary.json").read_text())
@@ -132,7 +116,7 @@ def test_errors_are_one_line_exit_2(case, tmp_path, capsys):
     }
     if case in contents:
         (target / "summary.json").write_text(contents[case])
-    assert _main(["compute", str(target)]) == 2
+    assert main(["compute", str(target)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     if case == "no_summary":

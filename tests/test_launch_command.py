@@ -11,7 +11,6 @@ MPI is checked for real when ``mpirun`` is installed: two ranks started by
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -32,21 +31,9 @@ ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 # --------------------------------------------------------------------------- helpers
 
-_build_parser = cli.build_parser
-
-
-def _parser_with_launch() -> cli.Parser:
-    parser = _build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "launch" not in commands.choices:  # until cli.py registers the command
-        launch.add_parser(commands)
-    return parser
-
-
 @pytest.fixture
 def in_tmp(monkeypatch, tmp_path):
-    """`dlscale.cli.main` knows `launch`, and runs in a fresh working directory."""
-    monkeypatch.setattr(cli, "build_parser", _parser_with_launch)
+    """`dlscale.cli.main` runs in a fresh working directory."""
     monkeypatch.chdir(tmp_path)
     for allocation in ("SLURM_JOB_NODELIST", "PBS_NODEFILE"):  # as if run outside any batch job
         monkeypatch.delenv(allocation, raising=False)

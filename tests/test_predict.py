@@ -6,24 +6,9 @@ import json
 
 import pytest
 
-from dlscale.cli import Parser
-from dlscale.commands import predict as command
 from dlscale.errors import UserError
+from dlscale.cli import main
 from dlscale.predict import NETWORKS, Network, allreduce_parts, predict, ring_allreduce_time
-
-
-def main(argv):
-    """The command as the CLI runs it (cli.main's UserError handling), without editing cli.py."""
-    parser = Parser(prog="dlscale")
-    command.add_parser(parser.add_subparsers(dest="command", parser_class=Parser))
-    try:
-        args = parser.parse_args(argv)
-        return args.handler(args)
-    except UserError as exc:
-        import sys
-
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
 
 
 # --------------------------------------------------------------------------- the formula
