@@ -32,9 +32,11 @@ def test_default_train_reaches_97_percent_on_digits_and_writes_the_run_directory
     assert "epoch 10/10" in done.stderr and "test accuracy" in done.stderr
     # the measurements of every run: CPU MFU is against the measured GEMM peak, recorded in hardware.json
     hardware = json.loads((run_dir / "hardware.json").read_text())
-    gemm_fp32 = hardware["measured_peaks"]["devices"]["cpu"]["gemm_flops_per_second"]["fp32"]
-    assert summary["peak_flops_per_second"] == gemm_fp32 and "measured" in summary["peak_source"]
-    assert summary["mfu"] == pytest.approx(summary["achieved_flops_per_second"] / gemm_fp32)
+    # the precision left on auto is the one measured fastest here; MFU is against its GEMM peak
+    assert summary["precision"] in ("fp32", "bf16") and summary["auto_settings"]["precision"] == summary["precision"]
+    gemm = hardware["measured_peaks"]["devices"]["cpu"]["gemm_flops_per_second"][summary["precision"]]
+    assert summary["peak_flops_per_second"] == gemm and "measured" in summary["peak_source"]
+    assert summary["mfu"] == pytest.approx(summary["achieved_flops_per_second"] / gemm)
     assert summary["achieved_flops_per_second"] == pytest.approx(summary["flops_per_sample"] * summary["samples_per_second"])
     assert summary["mfu_datasheet"] is None and 0 <= summary["data_wait_fraction"] < 1
     assert summary["peak_memory_bytes"] > 0 and summary["warmup_seconds"] > 0
@@ -167,3 +169,31 @@ def test_resuming_from_a_tampered_checkpoint_is_one_error_line_and_runs_nothing(
     lines = resumed.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: checkpoint r/checkpoints/step-10 cannot be read")
     assert "posix.system" in lines[0] and not (tmp_path / "pwned").exists()
+
+
+def test_settings_left_open_on_cpu_are_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    import dlscale
+    from dlscale import hardware
+
+    monkeypatch.setenv("DLSCALE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(hardware, "_machine_busy", lambda: False)  # else a busy-then-quiet machine re-measures
+    first = dlscale.fit("cnn", "digits", max_steps=4, run_dir=str(tmp_path / "a"), verbose=False).summary
+    tuned = first["auto_settings"]
+    assert set(tuned["step_ms"]) == {"fp32", "fp32+channels_last", "bf16", "bf16+channels_last"}
+    assert not tuned["cached"]
+    assert (first["precision"], first["channels_last"]) == (tuned["precision"], tuned["channels_last"])
+    config = (tmp_path / "a" / "config.toml").read_text()
+    assert f'precision = "{tuned["precision"]}"' in config and f"channels_last = {str(tuned['channels_last']).lower()}" in config
+
+    again = dlscale.fit("cnn", "digits", max_steps=4, run_dir=str(tmp_path / "b"), verbose=False).summary
+    assert again["auto_settings"] == {**tuned, "cached": True}
+
+    # settings given by the user are kept and nothing is measured
+    fixed = dlscale.fit("cnn", "digits", max_steps=4, run_dir=str(tmp_path / "c"), verbose=False,
+                        precision="fp32", channels_last=False).summary
+    assert fixed["auto_settings"] is None and (fixed["precision"], fixed["channels_last"]) == ("fp32", False)
+    # a language model has no memory format to choose: only the precisions are timed
+    (tmp_path / "book.txt").write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    lm = dlscale.fit("gpt-tiny", str(tmp_path / "book.txt"), max_steps=2, batch_size=8, run_dir=str(tmp_path / "d"),
+                     verbose=False).summary
+    assert set(lm["auto_settings"]["step_ms"]) == {"fp32", "bf16"} and lm["channels_last"] is False

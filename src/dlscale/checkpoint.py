@@ -31,9 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
 from dlscale import dist
 from dlscale.errors import UserError
@@ -75,9 +72,13 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-save
         tmp.mkdir()
     dist.barrier()
+    # imported here, not at the top: torch.distributed.checkpoint takes ~0.5 s to import,
+    # which every run would otherwise pay before its first step
+    import torch.distributed.checkpoint as dcp
+
     with warnings.catch_warnings():  # DCP warns that one process "assumes" a single-process save
         warnings.simplefilter("ignore", UserWarning)
-        dcp.save(state, storage_writer=FileSystemWriter(tmp, sync_files=True))
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
     _fsynced_save(extra, tmp / f"extra-rank{dist.rank()}.pt")
     dist.barrier()  # every shard and extra file is on disk
     if dist.is_main():
@@ -165,19 +166,24 @@ class _MetadataUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-class SafeReader(FileSystemReader):
+def safe_reader(path: Path):
     """DCP's file reader, with the metadata pickle read through the allow-list above."""
+    from torch.distributed.checkpoint import FileSystemReader
 
-    def read_metadata(self, *args: Any, **kwargs: Any):
-        path = Path(self.path) / ".metadata"
-        with path.open("rb") as handle:
-            metadata = _MetadataUnpickler(handle).load()
-        if getattr(metadata, "storage_meta", None) is not None:
-            metadata.storage_meta.load_id = self.load_id
-        return metadata
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            with (Path(self.path) / ".metadata").open("rb") as handle:
+                metadata = _MetadataUnpickler(handle).load()
+            if getattr(metadata, "storage_meta", None) is not None:
+                metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(Path(path))
 
 
 def _unreadable(path: Path, exc: BaseException) -> UserError:
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
     if isinstance(exc, CheckpointException):  # DCP wraps each rank's error: say the innermost reason
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = lines[-1] if lines else "unknown"
@@ -193,10 +199,13 @@ def load_state(path: Path, state: dict[str, Any]) -> None:
     loader_log = logging.getLogger()  # DCP's loader logs on the root logger, a traceback per failed fallback
     level = loader_log.level
     loader_log.setLevel(logging.CRITICAL)  # the one-line error below says it
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(state, storage_reader=SafeReader(Path(path)))
+            dcp.load(state, storage_reader=safe_reader(path))
     except (Exception, CheckpointException) as exc:  # corrupt, foreign or tampered files: say which, never run their code
         raise _unreadable(path, exc) from None
     finally:

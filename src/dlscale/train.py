@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dlscale import checkpoint, config as config_mod, dist, runs
+from dlscale import autotune, checkpoint, config as config_mod, dist, runs
 from dlscale.batches import BatchOrder, eval_batches, train_batches
 from dlscale.cluster import ClusterEnv, detect
 from dlscale.config import TrainConfig
@@ -66,6 +66,7 @@ class Job:
     metrics: runs.MetricsLog
     tokens_per_sample: int  # 1 for classifiers, the sequence length for language models
     parameters: int  # counted before any sharding
+    tuned: dict[str, Any] | None = None  # the CPU settings probe's choice and timings, when it ran
     pet: Callable[[], None] = lambda: None  # tells the watchdog the job still makes progress
     carried: dict[str, Any] = field(default_factory=dict)  # totals carried across a resume
 
@@ -345,7 +346,7 @@ def setup(
             f"{config.grad_accum} micro-batches; pick a multiple of {world * config.grad_accum}"
         )
     seed_everything(config.seed)
-    precision = resolve_precision(config.precision, device)
+    resolve_precision(config.precision, device)  # fp16 on a CPU, bf16 on a GPU without it: said now
 
     info = None if model is not None else model_info(config.model)
     splits = data if data is not None else load_data(
@@ -370,6 +371,7 @@ def setup(
 
     use_cuda = device.type == "cuda"
     conv = info.conv if info is not None else any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    precision, channels_last, tuned = _fast_settings(config, device, model, splits, conv, model_name, world)
     base_lr = config.lr or (1e-3 if config.optimizer == "adamw" else 0.1)
     warmup = config.warmup_steps if config.warmup_steps is not None else total_steps // 20
     if config.scale_lr and config.warmup_steps is None:  # Goyal et al. 2017 warm up over 5 epochs
@@ -378,7 +380,7 @@ def setup(
         device=device.type,  # the kind, not the index: every worker's config must hash the same
         precision=precision,
         compile=use_cuda if config.compile is None else config.compile,
-        channels_last=(use_cuda and conv) if config.channels_last is None else config.channels_last,
+        channels_last=channels_last,
         lr=base_lr,  # the base rate; with scale_lr the step uses effective_lr(config)
         weight_decay=config.weight_decay if config.weight_decay is not None else (0.01 if config.optimizer == "adamw" else 5e-4),
         warmup_steps=warmup,
@@ -395,12 +397,44 @@ def setup(
         total_steps=total_steps, epochs=epochs, flops=flops, metrics=runs.MetricsLog(run_dir / "metrics.jsonl"),
         tokens_per_sample=splits.input_shape[0] if splits.kind == "tokens" else 1,
         parameters=sum(p.numel() for p in model.parameters()),
+        tuned=tuned,
     )
     start_step = restore_checkpoint(job, resume_from) if resume_from else 0
     if dist.is_main():
         job.metrics.truncate_after(start_step)
     dist.barrier()
     return job, start_step
+
+
+def _fast_settings(
+    config: TrainConfig, device: torch.device, model: torch.nn.Module, splits: Splits, conv: bool,
+    model_name: str, world: int,
+) -> tuple[str, bool, dict[str, Any] | None]:
+    """Precision and memory format, where the user left them open: on a GPU bf16 (where it
+    has it) and channels_last for conv nets; on a CPU whichever measures fastest on this
+    machine (``autotune``: rank 0 measures, or reads its cache, and tells the others)."""
+    if device.type != "cpu" or (config.precision != "auto" and (config.channels_last is not None or not conv)):
+        precision = resolve_precision(config.precision, device)
+        channels_last = (device.type == "cuda" and conv) if config.channels_last is None else config.channels_last
+        return precision, channels_last, None
+    probe_x, probe_y = _first_samples(splits.train, min(config.batch_size // world, autotune.PROBE_SAMPLES))
+    key = f"{model_name}|{'x'.join(map(str, splits.input_shape))}|{splits.num_classes}"
+    choice = dist.on_main(lambda: autotune.choose_cpu_settings(
+        model, probe_x, probe_y, key=key, precision=config.precision, channels_last=config.channels_last, conv=conv,
+    ))
+    return choice.precision, choice.channels_last, {
+        "precision": choice.precision, "channels_last": choice.channels_last,
+        "step_ms": choice.step_ms, "cached": choice.cached,
+    }
+
+
+def _first_samples(dataset: Dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` training samples as one batch (a real batch for the settings probe)."""
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None:
+        return tensors[0][:n], tensors[1][:n]
+    pairs = [dataset[i] for i in range(min(n, len(dataset)))]
+    return torch.stack([torch.as_tensor(p[0]) for p in pairs]), torch.stack([torch.as_tensor(p[1]) for p in pairs])
 
 
 def agree_on_config(config: TrainConfig, run_dir: Path, env: ClusterEnv, device: torch.device) -> None:
@@ -654,6 +688,8 @@ def summarize(
         "time_to_target_seconds": carried.get("time_to_target_seconds"),
         "time_to_target_step": carried.get("time_to_target_step"),
         "parameters": job.parameters,
+        "channels_last": job.stepper.channels_last,
+        "auto_settings": job.tuned,  # what the CPU probe measured when precision/channels_last were left open
         "run_dir": str(job.run_dir),
     }
 
@@ -662,10 +698,16 @@ def _header(job: Job, start_step: int) -> str:
     s = job.splits
     sizes = " / ".join(f"{len(d)} {n}" for n, d in (("train", s.train), ("val", s.val), ("test", s.test)) if d is not None)
     resumed = f", resuming at step {start_step}" if start_step else ""
-    return (
+    layout = " · channels_last" if job.stepper.channels_last else ""
+    header = (
         f"dlscale: {job.model_name} on {s.name} ({sizes}) · {describe(job.stepper.device)} · {job.stepper.precision}"
-        f" · batch {job.order.global_batch} · {job.total_steps} steps{resumed} → {job.run_dir}"
+        f"{layout} · batch {job.order.global_batch} · {job.total_steps} steps{resumed} → {job.run_dir}"
     )
+    if job.tuned and job.tuned["step_ms"]:
+        timings = ", ".join(f"{name} {ms:.1f} ms" for name, ms in job.tuned["step_ms"].items())
+        source = "cached measurement" if job.tuned["cached"] else "measured now, cached"
+        header += f"\n         settings left on auto, fastest on this CPU ({source}): {timings}"
+    return header
 
 
 def _divergence_message(job: Job, step: int, value: float) -> str:

@@ -47,3 +47,14 @@ def test_digits_splits_do_not_share_images():
     # digits has a few duplicate images, so allow a handful, but a leaked split would share hundreds
     assert len(_images(splits.train) & _images(splits.test)) < 5
     assert len(_images(splits.val) & _images(splits.test)) < 5
+
+
+def test_digits_read_from_the_shipped_csv_equal_sklearns_loader():
+    import numpy as np
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from dlscale.data.digits import _read_digits
+
+    pixels, labels = _read_digits()
+    reference = sklearn_digits()
+    assert np.array_equal(pixels, reference.data) and np.array_equal(labels, reference.target)
