@@ -53,7 +53,11 @@ def ensure_venv(venv: Path) -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     wanted = [TORCH, *PEERS]
     installed = versions(python)
-    missing = [spec for spec in wanted if installed.get(spec.split("==")[0]) != spec.split("==")[1]]
+    def have(spec: str) -> bool:  # "2.13.0+cpu" is torch==2.13.0
+        name, version = spec.split("==")
+        return (installed.get(name) or "").split("+")[0] == version
+
+    missing = [spec for spec in wanted if not have(spec)]
     if missing or installed.get("dlscale") is None:
         print(f"installing {' '.join(missing) or 'dlscale'} into {venv}", flush=True)
         pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]

@@ -54,8 +54,8 @@ WORKLOADS = {
         Workload("cnn-digits", "cnn", "digits", 64, epochs=10, max_steps=None, synthetic_samples=None,
                  evaluate=True, target_accuracy=0.95, warmup_steps=5),
         # compute dominates on a CPU: ~1.1-1.6 s a step in fp32
-        Workload("resnet18-32", "resnet18", "synthetic:3x32x32", 128, epochs=1, max_steps=6,
-                 synthetic_samples=6 * 128, evaluate=False, target_accuracy=None, warmup_steps=2),
+        Workload("resnet18-32", "resnet18", "synthetic:3x32x32", 128, epochs=1, max_steps=8,
+                 synthetic_samples=8 * 128, evaluate=False, target_accuracy=None, warmup_steps=2),
         # a small GPT on bytes of real text, ~15 ms a step
         Workload("gpt-tiny-text", "gpt-tiny", "{text}", 32, epochs=1, max_steps=150, synthetic_samples=None,
                  evaluate=False, target_accuracy=None, warmup_steps=5),
