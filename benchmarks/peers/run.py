@@ -243,7 +243,8 @@ def write_json(path: Path, data: object) -> None:
 def main() -> int:
     today = datetime.date.today().isoformat()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of every framework (default 3)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="timed rounds of every framework (default per workload: cnn-digits 7, resnet18-32 3, gpt-tiny-text 5)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}")
     parser.add_argument("--frameworks", default=",".join(ORDER), help=f"comma-separated, of {', '.join(ORDER)}")
     parser.add_argument("--venv", type=Path, default=HERE / ".venv")
@@ -259,7 +260,7 @@ def main() -> int:
             parser.error(f"unknown framework {name!r}; choose from {', '.join(ORDER)}")
     if "plain" not in frameworks:
         frameworks.insert(0, "plain")  # every ratio is to plain
-    if args.rounds < 1:
+    if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
 
     started = time.time()
@@ -272,7 +273,7 @@ def main() -> int:
     text = corpus_file(scratch / "stdlib-1MB.txt")
     cache, logs = scratch / "cache", scratch / "logs"
     logs.mkdir()
-    plan = [(w, r, f) for w in workloads for r in range(args.rounds + 1) for f in frameworks]
+    plan = [(w, r, f) for w in workloads for r in range((args.rounds or WORKLOADS[w].rounds) + 1) for f in frameworks]
     runs = []
     for number, (workload, round_, framework) in enumerate(plan, 1):
         record = run_once(python, framework, workload, text, cache, logs)

@@ -36,6 +36,7 @@ class Workload:
     evaluate: bool  # held-out accuracy after every epoch (needed for time to target)
     target_accuracy: float | None  # validation accuracy that ends the time-to-target clock
     warmup_steps: int  # steps left out of the samples/s (first allocations, oneDNN primitive caches)
+    rounds: int  # timed rounds by default: more for the short runs, whose per-process noise is larger
 
     def data_path(self, text_file: str) -> str:
         return text_file if self.data == "{text}" else self.data
@@ -52,13 +53,13 @@ WORKLOADS = {
     for w in (
         # per-step overhead dominates: a 94k-parameter CNN on 8x8 images, ~5 ms a step
         Workload("cnn-digits", "cnn", "digits", 64, epochs=10, max_steps=None, synthetic_samples=None,
-                 evaluate=True, target_accuracy=0.95, warmup_steps=5),
+                 evaluate=True, target_accuracy=0.95, warmup_steps=5, rounds=7),
         # compute dominates on a CPU: ~1.1-1.6 s a step in fp32
         Workload("resnet18-32", "resnet18", "synthetic:3x32x32", 128, epochs=1, max_steps=8,
-                 synthetic_samples=8 * 128, evaluate=False, target_accuracy=None, warmup_steps=2),
+                 synthetic_samples=8 * 128, evaluate=False, target_accuracy=None, warmup_steps=2, rounds=3),
         # a small GPT on bytes of real text, ~15 ms a step
         Workload("gpt-tiny-text", "gpt-tiny", "{text}", 32, epochs=1, max_steps=150, synthetic_samples=None,
-                 evaluate=False, target_accuracy=None, warmup_steps=5),
+                 evaluate=False, target_accuracy=None, warmup_steps=5, rounds=5),
     )
 }
 

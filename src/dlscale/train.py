@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dlscale import autotune, checkpoint, config as config_mod, dist, runs
+from dlscale.allocator import keep_freed_memory
 from dlscale.batches import BatchOrder, eval_batches, train_batches
 from dlscale.cluster import ClusterEnv, detect
 from dlscale.config import TrainConfig
@@ -151,6 +152,7 @@ def _train(
     power = PowerSampler(device.index or 0) if device.type == "cuda" else contextlib.nullcontext()
     with dist.Watchdog(cfg.timeout) as watchdog, power, contextlib.ExitStack() as cleanup:
         cleanup.callback(progress.stop)
+        cleanup.enter_context(keep_freed_memory(device.type == "cpu"))  # no page faults for reused buffers
         job.pet = watchdog.pet
         while step < job.total_steps:
             epoch, first = divmod(step, spe)

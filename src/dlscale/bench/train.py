@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from dlscale.allocator import keep_freed_memory
 from dlscale.bench.common import median_spread
 from dlscale.config import TrainConfig
 from dlscale.device import peak_memory_bytes, reset_peak_memory, synchronize
@@ -79,29 +80,9 @@ def measure(
     x, y = workload.batch(setting.batch_size, device)
     flops = count_flops(model, x[:2].cpu(), y[:2].cpu())
     stepper = _stepper(workload, setting, device)
-    reset_peak_memory(device)
-
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(warmup):  # compilation, autotuning, first allocations
-        train_step(stepper, x, y)
-        if on_step:
-            on_step()
-    synchronize(device)
-    warmup_s = time.perf_counter() - start
-
-    step_times, losses = [], []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            losses.append(train_step(stepper, x, y))
-            if on_step:
-                on_step()
-        synchronize(device)  # the clock reads only finished work
-        step_times.append((time.perf_counter() - start) / steps)
+    with keep_freed_memory(device.type == "cpu"):  # as training runs it: see dlscale.allocator
+        warmup_s, step_times, losses = _time_steps(stepper, x, y, device, steps, warmup, repeats, on_step)
     finite = bool(torch.isfinite(torch.stack(losses)).all())
-
     median, spread = median_spread(step_times)
     samples_per_second = setting.batch_size / median
     flops_per_sample = flops.train_per_sample if flops else None
@@ -133,6 +114,31 @@ def measure(
         "repeats": repeats,
         "loss_finite": finite,
     }
+
+
+def _time_steps(stepper, x, y, device, steps: int, warmup: int, repeats: int, on_step):
+    """Warm-up steps timed apart, then ``repeats`` x ``steps`` timed steps: (warm-up s, s per step per repeat, losses)."""
+    reset_peak_memory(device)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(warmup):  # compilation, autotuning, first allocations
+        train_step(stepper, x, y)
+        if on_step:
+            on_step()
+    synchronize(device)
+    warmup_s = time.perf_counter() - start
+
+    step_times, losses = [], []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            losses.append(train_step(stepper, x, y))
+            if on_step:
+                on_step()
+        synchronize(device)  # the clock reads only finished work
+        step_times.append((time.perf_counter() - start) / steps)
+    return warmup_s, step_times, losses
 
 
 def fits(workload: Workload, setting: Setting, device: torch.device, memory_cap: int | None) -> bool:
