@@ -278,10 +278,15 @@ def main() -> int:
     for number, (workload, round_, framework) in enumerate(plan, 1):
         record = run_once(python, framework, workload, text, cache, logs)
         label = "warm-up" if round_ == 0 else f"round {round_}"
+        if "error" not in record:
+            record.update(measures(record, workload))
+            expected = WORKLOADS[workload].max_steps or WORKLOADS[workload].epochs * record["steps_per_epoch"]
+            if record["steps"] != expected:  # the same number of steps everywhere, or the comparison is void
+                record = {"framework": framework, "workload": workload,
+                          "error": f"ran {record['steps']} optimizer steps, not {expected}"}
         if "error" in record:
             print(f"[{number}/{len(plan)}] {workload} {framework} {label}: FAILED {record['error']}", flush=True)
         else:
-            record.update(measures(record, workload))
             print(f"[{number}/{len(plan)}] {workload} {framework} {label}: {record['samples_per_second']:,.1f} samples/s, "
                   f"start-up {record['startup_s']:.2f} s" + (f", target at {record['time_to_target_s']:.2f} s"
                   if record.get("time_to_target_s") else ""), flush=True)

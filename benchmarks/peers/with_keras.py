@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from workloads import LR, WEIGHT_DECAY, StepClock, Workload, accuracy, load
+from workloads import LR, SEED, WEIGHT_DECAY, StepClock, Workload, accuracy, load
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -44,11 +44,37 @@ def run(workload: Workload, text_file: str, clock: StepClock, workdir: str) -> d
     optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) < 2])
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     steps_per_epoch = workload.max_steps or workload.steps_per_epoch(len(y))
-    history = model.fit(x, y, batch_size=workload.batch_size, epochs=workload.epochs,
-                        steps_per_epoch=steps_per_epoch, shuffle=True, callbacks=[Tick()], verbose=0)
+    batches = _Batches(keras, x, y, workload.batch_size, steps_per_epoch)
+    history = model.fit(batches, epochs=workload.epochs, callbacks=[Tick()], verbose=0)
     return {
         "final_loss": float(history.history["loss"][-1]),
         "test_accuracy": accuracy(module, splits.test) if workload.evaluate else None,
         "precision": "fp32",
     }
 
+
+
+def _Batches(keras, x, y, batch_size: int, steps: int):
+    """Exactly ``steps`` full batches an epoch from a fresh permutation, the last partial
+    batch dropped as everywhere else. (NumPy arrays with ``steps_per_epoch`` do not do
+    this: Keras runs out of data after the first epoch and stops early, 100 steps instead
+    of 190 for cnn-digits.)"""
+    import numpy as np
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(SEED)
+            self.on_epoch_end()
+
+        def __len__(self):
+            return steps
+
+        def __getitem__(self, i):
+            index = self.order[i * batch_size:(i + 1) * batch_size]
+            return x[index], y[index]
+
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(len(y))
+
+    return Batches()

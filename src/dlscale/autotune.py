@@ -22,8 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
-from dlscale import hardware
+from dlscale import dist, hardware
+from dlscale.config import TrainConfig
+from dlscale.data import Splits
+from dlscale.device import resolve_precision
 from dlscale.flops import loss_fn
 
 PROBE_SAMPLES = 64  # samples of the run's batch timed per step (small batches mislead: overhead dominates)
@@ -185,3 +189,34 @@ def choose_cpu_settings(
         except OSError:
             pass  # a read-only cache folder: the choice stands, it is only not kept
     return Choice(*chosen, step_ms=step_ms, cached=False)
+
+
+def settings_for_run(
+    config: TrainConfig, device: torch.device, model: torch.nn.Module, splits: Splits, conv: bool,
+    model_name: str, world: int,
+) -> tuple[str, bool, dict[str, Any] | None]:
+    """Precision and memory format, where the user left them open: on a GPU bf16 (where it
+    has it) and channels_last for conv nets; on a CPU whichever measures fastest on this
+    machine (rank 0 measures, or reads its cache, and tells the others)."""
+    if device.type != "cpu" or (config.precision != "auto" and (config.channels_last is not None or not conv)):
+        precision = resolve_precision(config.precision, device)
+        channels_last = (device.type == "cuda" and conv) if config.channels_last is None else config.channels_last
+        return precision, channels_last, None
+    probe_x, probe_y = _first_samples(splits.train, min(config.batch_size // world, PROBE_SAMPLES))
+    key = f"{model_name}|{'x'.join(map(str, splits.input_shape))}|{splits.num_classes}"
+    choice = dist.on_main(lambda: choose_cpu_settings(
+        model, probe_x, probe_y, key=key, precision=config.precision, channels_last=config.channels_last, conv=conv,
+    ))
+    return choice.precision, choice.channels_last, {
+        "precision": choice.precision, "channels_last": choice.channels_last,
+        "step_ms": choice.step_ms, "cached": choice.cached,
+    }
+
+
+def _first_samples(dataset: Dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` training samples as one batch (a real batch for the settings probe)."""
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None:
+        return tensors[0][:n], tensors[1][:n]
+    pairs = [dataset[i] for i in range(min(n, len(dataset)))]
+    return torch.stack([torch.as_tensor(p[0]) for p in pairs]), torch.stack([torch.as_tensor(p[1]) for p in pairs])

@@ -373,7 +373,7 @@ def setup(
 
     use_cuda = device.type == "cuda"
     conv = info.conv if info is not None else any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    precision, channels_last, tuned = _fast_settings(config, device, model, splits, conv, model_name, world)
+    precision, channels_last, tuned = autotune.settings_for_run(config, device, model, splits, conv, model_name, world)
     base_lr = config.lr or (1e-3 if config.optimizer == "adamw" else 0.1)
     warmup = config.warmup_steps if config.warmup_steps is not None else total_steps // 20
     if config.scale_lr and config.warmup_steps is None:  # Goyal et al. 2017 warm up over 5 epochs
@@ -406,37 +406,6 @@ def setup(
         job.metrics.truncate_after(start_step)
     dist.barrier()
     return job, start_step
-
-
-def _fast_settings(
-    config: TrainConfig, device: torch.device, model: torch.nn.Module, splits: Splits, conv: bool,
-    model_name: str, world: int,
-) -> tuple[str, bool, dict[str, Any] | None]:
-    """Precision and memory format, where the user left them open: on a GPU bf16 (where it
-    has it) and channels_last for conv nets; on a CPU whichever measures fastest on this
-    machine (``autotune``: rank 0 measures, or reads its cache, and tells the others)."""
-    if device.type != "cpu" or (config.precision != "auto" and (config.channels_last is not None or not conv)):
-        precision = resolve_precision(config.precision, device)
-        channels_last = (device.type == "cuda" and conv) if config.channels_last is None else config.channels_last
-        return precision, channels_last, None
-    probe_x, probe_y = _first_samples(splits.train, min(config.batch_size // world, autotune.PROBE_SAMPLES))
-    key = f"{model_name}|{'x'.join(map(str, splits.input_shape))}|{splits.num_classes}"
-    choice = dist.on_main(lambda: autotune.choose_cpu_settings(
-        model, probe_x, probe_y, key=key, precision=config.precision, channels_last=config.channels_last, conv=conv,
-    ))
-    return choice.precision, choice.channels_last, {
-        "precision": choice.precision, "channels_last": choice.channels_last,
-        "step_ms": choice.step_ms, "cached": choice.cached,
-    }
-
-
-def _first_samples(dataset: Dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` training samples as one batch (a real batch for the settings probe)."""
-    tensors = getattr(dataset, "tensors", None)
-    if tensors is not None:
-        return tensors[0][:n], tensors[1][:n]
-    pairs = [dataset[i] for i in range(min(n, len(dataset)))]
-    return torch.stack([torch.as_tensor(p[0]) for p in pairs]), torch.stack([torch.as_tensor(p[1]) for p in pairs])
 
 
 def agree_on_config(config: TrainConfig, run_dir: Path, env: ClusterEnv, device: torch.device) -> None:
