@@ -1,39 +1,47 @@
-"""Freed CPU memory stays in the process during training: reusing a large buffer costs no
-page faults (counted by the kernel, not timed)."""
+"""Freed CPU memory stays in the process during training: reusing a large block costs no
+page faults (counted by the kernel, not timed). The effect on real training (resnet18:
+3.3M page faults per run down to 0.4M) is measured by benchmarks/peers."""
 
 from __future__ import annotations
 
+import ctypes
 import resource
 import sys
 
 import pytest
-import torch
 
 from dlscale import allocator
 
-BIG = 20 * 2**20  # above glibc's static mmap threshold (128 KiB): fresh mmap'd pages every time
+BIG = 20 * 2**20  # above glibc's default mmap threshold (128 KiB): fresh mmap'd pages every time
+M_MMAP_THRESHOLD = -3
 
 
-def _faults_for_reallocations(times: int = 4) -> int:
+def _faults_for_reallocations(libc, times: int = 4) -> int:
+    """Page faults of malloc, touch every page, free, ``times`` over."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(times):
-        buffer = torch.empty(BIG, dtype=torch.uint8)
-        buffer.fill_(1)  # touch every page
-        del buffer
+        block = libc.malloc(BIG)
+        assert block
+        ctypes.memset(block, 1, BIG)
+        libc.free(block)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or allocator._glibc() is None, reason="needs glibc")
-def test_inside_the_block_a_freed_large_buffer_is_reused_without_page_faults():
+def test_inside_the_block_a_freed_large_block_is_reused_without_page_faults():
+    libc = allocator._glibc()
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
     pages = BIG // resource.getpagesize()
-    with allocator.keep_freed_memory():
-        pass  # leaves glibc at its static defaults: a known start, whatever ran before in this process
-    outside = _faults_for_reallocations()
+    # a known start whatever ran before in this process: glibc's mmap threshold may have
+    # grown (up to 32 MiB) with earlier frees, so set it back to its 128 KiB default
+    assert libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+    outside = _faults_for_reallocations(libc)
     with allocator.keep_freed_memory() as kept:
         assert kept
-        _faults_for_reallocations(1)  # the heap grows once
-        inside = _faults_for_reallocations()
-    assert outside >= 3 * pages  # by default every large allocation is fresh pages
+        _faults_for_reallocations(libc, 1)  # the heap grows once
+        inside = _faults_for_reallocations(libc)
+    assert outside >= 3 * pages  # by default every large block is fresh pages
     assert inside < pages // 4  # kept: the same pages are reused
 
 
