@@ -4,45 +4,53 @@ page faults (counted by the kernel, not timed). The effect on real training (res
 
 from __future__ import annotations
 
-import ctypes
-import resource
+import json
+import subprocess
 import sys
 
 import pytest
 
 from dlscale import allocator
 
+# Run in a fresh process: whether malloc maps fresh pages depends on what the heap already
+# holds, and a test session's heap holds the leftovers of every test before.
+PROBE = r"""
+import ctypes, json, resource
+from dlscale import allocator
+
 BIG = 20 * 2**20  # above glibc's default mmap threshold (128 KiB): fresh mmap'd pages every time
-M_MMAP_THRESHOLD = -3
+libc = allocator._glibc()
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
 
-
-def _faults_for_reallocations(libc, times: int = 4) -> int:
-    """Page faults of malloc, touch every page, free, ``times`` over."""
+def faults(times=4):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(times):
         block = libc.malloc(BIG)
-        assert block
         ctypes.memset(block, 1, BIG)
         libc.free(block)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
+outside = faults()
+with allocator.keep_freed_memory() as kept:
+    faults(1)  # the heap grows once
+    inside = faults()
+after = faults()
+print(json.dumps({"pages": BIG // resource.getpagesize(), "kept": kept,
+                  "outside": outside, "inside": inside, "after": after}))
+"""
+
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or allocator._glibc() is None, reason="needs glibc")
 def test_inside_the_block_a_freed_large_block_is_reused_without_page_faults():
-    libc = allocator._glibc()
-    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
-    pages = BIG // resource.getpagesize()
-    # a known start whatever ran before in this process: glibc's mmap threshold may have
-    # grown (up to 32 MiB) with earlier frees, so set it back to its 128 KiB default
-    assert libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-    outside = _faults_for_reallocations(libc)
-    with allocator.keep_freed_memory() as kept:
-        assert kept
-        _faults_for_reallocations(libc, 1)  # the heap grows once
-        inside = _faults_for_reallocations(libc)
-    assert outside >= 3 * pages  # by default every large block is fresh pages
-    assert inside < pages // 4  # kept: the same pages are reused
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["kept"]
+    # by default large blocks are fresh pages (until glibc raises its mmap threshold after the first free)
+    assert got["outside"] >= 2 * got["pages"]
+    assert got["inside"] < got["pages"] // 4  # kept: the same pages are reused
+    assert got["after"] >= 3 * got["pages"]  # the defaults are back (and the kept memory released)
 
 
 def test_disabled_or_without_glibc_it_does_nothing(monkeypatch):
