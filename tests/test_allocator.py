@@ -48,7 +48,7 @@ def test_inside_the_block_a_freed_large_block_is_reused_without_page_faults():
     got = json.loads(done.stdout)
     assert got["kept"]
     # by default large blocks are fresh pages (until glibc raises its mmap threshold after the first free)
-    assert got["outside"] >= 2 * got["pages"]
+    assert got["outside"] >= 1.5 * got["pages"]
     assert got["inside"] < got["pages"] // 4  # kept: the same pages are reused
     assert got["after"] >= 3 * got["pages"]  # the defaults are back (and the kept memory released)
 
