@@ -248,7 +248,9 @@ def main() -> int:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}")
     parser.add_argument("--frameworks", default=",".join(ORDER), help=f"comma-separated, of {', '.join(ORDER)}")
     parser.add_argument("--venv", type=Path, default=HERE / ".venv")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / f"peers-{today}.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default: benchmarks/results/peers-DATE.json for the full study; "
+                             "a partial one goes to its temporary folder, never over a recorded study)")
     args = parser.parse_args()
     workloads = [w for w in args.workloads.split(",") if w]
     frameworks = [f for f in args.frameworks.split(",") if f]
@@ -270,6 +272,8 @@ def main() -> int:
     print("versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), flush=True)
 
     scratch = Path(tempfile.mkdtemp(prefix="dlscale-peers-"))
+    full_study = args.rounds is None and workloads == list(WORKLOADS) and frameworks == ORDER
+    out = args.out or (REPO / "benchmarks" / "results" / f"peers-{today}.json" if full_study else scratch / "peers.json")
     text = corpus_file(scratch / "stdlib-1MB.txt")
     cache, logs = scratch / "cache", scratch / "logs"
     logs.mkdir()
@@ -299,9 +303,9 @@ def main() -> int:
     meta["wall_minutes"] = round((time.time() - started) / 60, 2)
     meta["command"] = " ".join(["python3", "benchmarks/peers/run.py", *sys.argv[1:]])
     records = summarize(runs, frameworks, meta)
-    write_json(args.out, records)
+    write_json(out, records)
     print(table(records))
-    print(f"wrote {args.out} ({meta['wall_minutes']} min); logs in {logs}")
+    print(f"wrote {out} ({meta['wall_minutes']} min); logs in {logs}")
     return 0
 
 

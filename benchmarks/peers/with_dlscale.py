@@ -45,6 +45,10 @@ def _argv(options: dict) -> list[str]:
 
 
 def _result(run_dir: Path, clock: StepClock) -> dict:
+    """The run's own record: validation accuracy per epoch (for time to target) and the
+    settings it trained with."""
+    import tomllib
+
     summary = json.loads((run_dir / "summary.json").read_text())
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
@@ -54,15 +58,9 @@ def _result(run_dir: Path, clock: StepClock) -> dict:
         "final_loss": summary["final_loss"],
         "test_accuracy": summary["test_accuracy"],
         "precision": summary["precision"],
-        "channels_last": _config_value(run_dir, "channels_last"),
-        "compile": _config_value(run_dir, "compile"),
+        "channels_last": summary["channels_last"],
+        "compile": tomllib.loads((run_dir / "config.toml").read_text())["compile"],
     }
-
-
-def _config_value(run_dir: Path, key: str):
-    import tomllib
-
-    return tomllib.loads((run_dir / "config.toml").read_text()).get(key)
 
 
 def _run_cli(options: dict, workdir: str, clock: StepClock) -> dict:

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
 from dlscale import dist, hardware
+from dlscale.batches import first_samples
 from dlscale.config import TrainConfig
 from dlscale.data import Splits
 from dlscale.device import resolve_precision
+from dlscale.runs import write_json
 from dlscale.flops import loss_fn
 
 PROBE_SAMPLES = 64  # samples of the run's batch timed per step (small batches mislead: overhead dominates)
@@ -179,8 +180,6 @@ def choose_cpu_settings(
         chosen = variants[0] if len(ms) == 1 else _decide(ms)
         step_ms = {_label(p, cl): round(v, 3) for (p, cl), v in ms.items()}
         try:
-            from dlscale.runs import write_json
-
             choices = _read_choices(path)  # other keys, possibly written by another process
             choices[entry_key] = {
                 "precision": chosen[0], "channels_last": chosen[1], "step_ms": step_ms, "busy": hardware._machine_busy(),
@@ -202,7 +201,7 @@ def settings_for_run(
         precision = resolve_precision(config.precision, device)
         channels_last = (device.type == "cuda" and conv) if config.channels_last is None else config.channels_last
         return precision, channels_last, None
-    probe_x, probe_y = _first_samples(splits.train, min(config.batch_size // world, PROBE_SAMPLES))
+    probe_x, probe_y = first_samples(splits.train, min(config.batch_size // world, PROBE_SAMPLES))
     key = f"{model_name}|{'x'.join(map(str, splits.input_shape))}|{splits.num_classes}"
     choice = dist.on_main(lambda: choose_cpu_settings(
         model, probe_x, probe_y, key=key, precision=config.precision, channels_last=config.channels_last, conv=conv,
@@ -211,12 +210,3 @@ def settings_for_run(
         "precision": choice.precision, "channels_last": choice.channels_last,
         "step_ms": choice.step_ms, "cached": choice.cached,
     }
-
-
-def _first_samples(dataset: Dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` training samples as one batch (a real batch for the settings probe)."""
-    tensors = getattr(dataset, "tensors", None)
-    if tensors is not None:
-        return tensors[0][:n], tensors[1][:n]
-    pairs = [dataset[i] for i in range(min(n, len(dataset)))]
-    return torch.stack([torch.as_tensor(p[0]) for p in pairs]), torch.stack([torch.as_tensor(p[1]) for p in pairs])

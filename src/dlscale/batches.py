@@ -51,6 +51,16 @@ def _tensors(dataset: Dataset) -> tuple[torch.Tensor, ...] | None:
     return dataset.tensors if isinstance(dataset, TensorDataset) else None
 
 
+def first_samples(dataset: Dataset, n: int) -> Batch:
+    """The first ``n`` samples as one batch: real inputs for counting FLOPs, for timing
+    settings, and to keep an idle worker's collectives in step."""
+    tensors = _tensors(dataset)
+    if tensors is not None:
+        return tensors[0][:n], tensors[1][:n]
+    pairs = [dataset[i] for i in range(min(n, len(dataset)))]
+    return torch.stack([torch.as_tensor(p[0]) for p in pairs]), torch.stack([torch.as_tensor(p[1]) for p in pairs])
+
+
 def train_batches(
     dataset: Dataset, order: BatchOrder, epoch: int, start_step: int = 0, workers: int = 0
 ) -> Iterator[Batch]:

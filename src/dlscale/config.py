@@ -44,10 +44,10 @@ class TrainConfig:
     warmup_steps: int | None = None  # None: 5% of the steps
     grad_clip: float = 0.0  # max global grad norm; 0 turns clipping off
     grad_accum: int = 1  # micro-batches per optimizer step; the batch is split among them
-    precision: str = "auto"  # auto: bf16 on a GPU that has it, fp32 elsewhere
+    precision: str = "auto"  # auto: bf16 on a GPU that has it; on a CPU measured (autotune)
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     compile: bool | None = None  # None: on for CUDA, off for CPU
-    channels_last: bool | None = None  # None: on for conv nets on CUDA
+    channels_last: bool | None = None  # None: conv nets on CUDA; on a CPU measured (autotune)
     nproc: int = 1
     nnodes: int = 1
     strategy: str = "ddp"

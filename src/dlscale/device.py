@@ -1,7 +1,8 @@
 """Which device to run on, at which precision, and the few calls that differ per device.
 
-"auto" picks the best device present (CUDA, then Apple's MPS, then the CPU) and the
-fastest safe precision for it (bf16 on GPUs that have it, fp32 elsewhere). Asking for
+"auto" picks the best device present (CUDA, then Apple's MPS, then the CPU) and a
+safe precision for it (bf16 on GPUs that have it, fp32 elsewhere; a training run on a
+CPU measures bf16 against fp32 instead, see ``autotune``). Asking for
 something the machine lacks is a user error, said before anything runs.
 """
 

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from dlscale import autotune, checkpoint, config as config_mod, dist, runs
 from dlscale.allocator import keep_freed_memory
-from dlscale.batches import BatchOrder, eval_batches, train_batches
+from dlscale.batches import BatchOrder, eval_batches, first_samples, train_batches
 from dlscale.cluster import ClusterEnv, detect
 from dlscale.config import TrainConfig
 from dlscale.data import DataSpec, Splits, load_data
@@ -308,7 +308,7 @@ def evaluate(job: Job, dataset: Dataset | None) -> tuple[float | None, float | N
         x, y = next(batches, (None, None))
         weight = 1.0
         if x is None:  # this worker's share is done; keep FSDP's collectives in step
-            x, y = first if first is not None else _example_batch(dataset)
+            x, y = first if first is not None else first_samples(dataset, 2)
             weight = 0.0
         first = first or (x, y)
         x, y = to_device(s, x), y.to(s.device, non_blocking=True)
@@ -368,7 +368,7 @@ def setup(
         )
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
-    example_x, example_y = _example_batch(splits.train)
+    example_x, example_y = first_samples(splits.train, 2)  # batch norm needs more than one
     flops = count_flops(model, example_x, example_y)
 
     use_cuda = device.type == "cuda"
@@ -487,12 +487,6 @@ def _check_kinds(info: ModelInfo, splits: Splits) -> None:
         f"model {info.name} takes {wanted} but data {splits.name} holds "
         f"{'token sequences' if splits.kind == 'tokens' else 'images'}; pick a matching --model or --data"
     )
-
-
-def _example_batch(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two real samples: enough to count FLOPs per sample (batch norm needs more than one)."""
-    pairs = [dataset[i] for i in range(min(2, len(dataset)))]
-    return torch.stack([p[0] for p in pairs]), torch.stack([torch.as_tensor(p[1]) for p in pairs])
 
 
 def _keep_small_data_on_device(splits: Splits, device: torch.device) -> Splits:
