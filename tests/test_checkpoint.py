@@ -97,3 +97,173 @@ def test_load_model_fills_a_plain_module(tmp_path):
     fresh = torch.nn.Linear(3, 2)
     checkpoint.load_model(tmp_path / "checkpoints" / "step-1", fresh)
     assert torch.equal(fresh.weight, trained.weight)
+
+
+# --------------------------------------------------------------------------- attacks on a real run
+#
+# Each attack tampers with a checkpoint that `dlscale train` wrote, the way someone who can
+# replace files in a shared run directory would, with a payload that would create a file if
+# any code ran. Every path that reads a checkpoint must refuse it with one `error:` line that
+# names the checkpoint, and create nothing.
+
+import shutil
+import struct
+import subprocess
+import sys
+
+from dlscale.checkpoint import _MetadataUnpickler
+
+
+def _short_unicode(text: str) -> bytes:
+    raw = text.encode()
+    return b"\x8c" + struct.pack("<B", len(raw)) + raw  # SHORT_BINUNICODE
+
+
+def _dotted_global_pickle(command: str, stack_global: bool) -> bytes:
+    """A protocol-4 pickle naming os.system through DCP's metadata module, which imports os."""
+    module, name = "torch.distributed.checkpoint.metadata", "os.system"
+    if stack_global:
+        callable_ = _short_unicode(module) + _short_unicode(name) + b"\x93"  # STACK_GLOBAL
+    else:
+        callable_ = b"c" + module.encode() + b"\n" + name.encode() + b"\n"  # GLOBAL
+    return b"\x80\x04" + callable_ + _short_unicode(command) + b"\x85R."  # TUPLE1, REDUCE, STOP
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A real unfinished run with a checkpoint at step 2 (summary.json removed as if killed)."""
+    from conftest import run_cli
+
+    where = tmp_path_factory.mktemp("trained")
+    done = run_cli(["train", "--max-steps", "2", "--run-dir", "run", "--precision", "fp32", "--no-channels-last"], cwd=where)
+    assert done.returncode == 0, done.stderr
+    (where / "run" / "summary.json").unlink()
+    return where / "run"
+
+
+@pytest.fixture
+def victim(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, symlinks=True)
+    return run, run / "checkpoints" / "step-2", tmp_path / "pwned"
+
+
+def _refused(result, checkpoint_path, marker):
+    assert not marker.exists(), "the payload ran"
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(checkpoint_path.name) in lines[0]
+
+
+def _every_reader(run, tmp_path):
+    """The commands that read a run's checkpoint: resume, and inference on the trained run."""
+    from conftest import run_cli
+
+    yield run_cli(["train", "--resume", str(run)], cwd=tmp_path)
+    yield run_cli(["bench", "infer", "--run", str(run), "--batch-sizes", "1", "--precisions", "fp32"], cwd=tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stack_global", [False, True])
+def test_a_dotted_global_in_the_metadata_is_refused_by_every_reader(victim, tmp_path, stack_global):
+    run, path, marker = victim
+    payload = _dotted_global_pickle(f"touch {marker}", stack_global)
+    with pytest.raises(pickle.UnpicklingError):  # the reader itself: refused before anything is called
+        _MetadataUnpickler(__import__("io").BytesIO(payload)).load()
+    (path / ".metadata").write_bytes(payload)
+    for result in _every_reader(run, tmp_path):
+        _refused(result, path, marker)
+        assert "os.system" in result.stderr
+
+
+def _replace_byte_entry(path, key: str, payload: bytes, as_bytes_entry: bool = False) -> None:
+    """Point checkpoint entry ``key`` at ``payload``, appended to the shard file, the way an
+    attacker with write access would (the metadata is re-pickled with its real classes)."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    with (path / ".metadata").open("rb") as handle:
+        metadata = _MetadataUnpickler(handle).load()
+    index = next(i for i in metadata.storage_data if i.fqn == key)
+    info = metadata.storage_data[index]
+    shard = path / info.relative_path
+    offset = shard.stat().st_size
+    with shard.open("ab") as handle:
+        handle.write(payload)
+    info.offset, info.length = offset, len(payload)
+    if as_bytes_entry:
+        from torch.distributed.checkpoint.metadata import MetadataIndex
+
+        metadata.state_dict_metadata[key] = BytesStorageMetadata()
+        metadata.storage_data = {MetadataIndex(key) if i.fqn == key else i: v for i, v in metadata.storage_data.items()}
+    with (path / ".metadata").open("wb") as handle:
+        pickle.dump(metadata, handle)
+
+
+def _torch_saved(obj) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+class _Runs:
+    """``__reduce__`` that would run a shell command when unpickled."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.mark.slow
+def test_a_pickled_object_in_an_optimizer_entry_is_refused_by_every_reader(victim, tmp_path):
+    run, path, marker = victim
+    _replace_byte_entry(path, "optimizer.param_groups.0.lr", _torch_saved(_Runs(f"touch {marker}")))
+    result = next(_every_reader(run, tmp_path))  # inference reads the model's entries only
+    _refused(result, path, marker)
+    assert "optimizer.param_groups.0.lr" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_changed_hyperparameter_of_another_kind_is_refused(victim, tmp_path):
+    run, path, marker = victim
+    _replace_byte_entry(path, "optimizer.param_groups.0.lr", _torch_saved("0.5"))  # plain data, wrong kind
+    _refused(next(_every_reader(run, tmp_path)), path, marker)
+
+
+@pytest.mark.slow
+def test_a_tensor_entry_turned_into_a_pickled_object_is_refused_by_every_reader(victim, tmp_path):
+    run, path, marker = victim
+    key = "model.features.0.0.weight"
+    _replace_byte_entry(path, key, _torch_saved(_Runs(f"touch {marker}")), as_bytes_entry=True)
+    for result in _every_reader(run, tmp_path):
+        _refused(result, path, marker)
+
+
+@pytest.mark.slow
+def test_a_pickled_extra_file_is_refused_on_resume(victim, tmp_path):
+    run, path, marker = victim
+    (path / "extra-rank0.pt").write_bytes(_torch_saved({"step": _Runs(f"touch {marker}")}))
+    from conftest import run_cli
+
+    _refused(run_cli(["train", "--resume", str(run)], cwd=tmp_path), path, marker)
+
+
+def test_an_unexpected_byte_entry_is_refused(tmp_path):
+    """A checkpoint holding a pickled entry the job has no slot for is not read at all."""
+    checkpoint.save(tmp_path, 1, {"model": {"w": torch.ones(3), "note": "x"}}, extra(1), {}, keep=0)
+    with pytest.raises(UserError, match="model.note"):
+        checkpoint.load_state(tmp_path / "checkpoints" / "step-1", {"model": {"w": torch.zeros(3)}})
+
+
+def test_plain_non_tensor_entries_still_round_trip(tmp_path):
+    saved = {"model": {"w": torch.ones(3)}, "optimizer": {"param_groups": [{"lr": 0.5, "betas": (0.9, 0.99), "foreach": None, "params": ["w"]}]}}
+    checkpoint.save(tmp_path, 1, saved, extra(1), {}, keep=0)
+    target = {"model": {"w": torch.zeros(3)}, "optimizer": {"param_groups": [{"lr": 0.1, "betas": (0.0, 0.0), "foreach": None, "params": ["w"]}]}}
+    checkpoint.load_state(tmp_path / "checkpoints" / "step-1", target)
+    assert target["optimizer"]["param_groups"][0]["lr"] == 0.5
+    assert tuple(target["optimizer"]["param_groups"][0]["betas"]) == (0.9, 0.99)

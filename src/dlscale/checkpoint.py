@@ -14,8 +14,10 @@ worker has finished writing, so a crash mid-save leaves a stray temporary folder
 a ``step-<N>`` that looks complete. ``latest`` is a symbolic link to the newest.
 
 Nothing is unpickled freely: DCP's metadata file is a pickle, so it is read with an
-unpickler that only admits DCP's own metadata classes and a few torch types; tensors
-and the extra files go through ``weights_only`` loading.
+unpickler that only admits exact (module, name) pairs of DCP's own metadata classes and
+a few torch types; tensors, DCP's non-tensor entries (optimizer hyperparameters) and the
+extra files go through ``weights_only`` loading, and a non-tensor entry is taken only
+where the job expects one, with the kind of value it expects.
 """
 
 from __future__ import annotations
@@ -141,20 +143,34 @@ def read_meta(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- loading
 
 
+# Every global DCP's metadata pickle names, as exact (module, name) pairs. Pickle resolves a
+# dotted name attribute by attribute (``os.system`` reached through a module that imports
+# os), so a name with a dot is never admitted, whatever module it claims to be in.
+_METADATA_GLOBALS = frozenset({
+    ("torch.distributed.checkpoint.metadata", "Metadata"),
+    ("torch.distributed.checkpoint.metadata", "MetadataIndex"),
+    ("torch.distributed.checkpoint.metadata", "StorageMeta"),
+    ("torch.distributed.checkpoint.metadata", "TensorStorageMetadata"),
+    ("torch.distributed.checkpoint.metadata", "BytesStorageMetadata"),
+    ("torch.distributed.checkpoint.metadata", "ChunkStorageMetadata"),
+    ("torch.distributed.checkpoint.metadata", "TensorProperties"),
+    ("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("collections", "OrderedDict"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PureWindowsPath"),
+})
+
+
 def _allowed(module: str, name: str) -> bool:
     """What DCP's metadata pickle may name: its own metadata classes and plain torch types."""
-    if module == "torch.distributed.checkpoint.metadata":
-        return True
-    if (module, name) in {
-        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-        ("torch", "Size"),
-        ("torch.serialization", "_get_layout"),
-        ("collections", "OrderedDict"),
-        ("pathlib", "PosixPath"),
-        ("pathlib", "PurePosixPath"),
-        ("pathlib", "WindowsPath"),
-        ("pathlib", "PureWindowsPath"),
-    }:
+    if "." in name:
+        return False
+    if (module, name) in _METADATA_GLOBALS:
         return True
     return module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
 
@@ -162,7 +178,7 @@ def _allowed(module: str, name: str) -> bool:
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if not _allowed(module, name):
-            raise pickle.UnpicklingError(f"checkpoint metadata names {module}.{name}, which a checkpoint never needs")
+            raise pickle.UnpicklingError(f"its .metadata names {module}.{name}, which a checkpoint never needs")
         return super().find_class(module, name)
 
 
@@ -179,6 +195,68 @@ def safe_reader(path: Path):
             return metadata
 
     return SafeReader(Path(path))
+
+
+def safe_planner():
+    """DCP's load planner, but a non-tensor ("byte") entry is read with
+    ``torch.load(weights_only=True)`` and only where the state dict expects a plain value.
+
+    DCP stores what is not a tensor (the optimizer's ``param_groups`` values) as pickled
+    bytes and its own planner unpickles them with ``weights_only=False``: a tampered entry
+    would run code. Here such an entry can only be plain data (numbers, strings, lists,
+    tensors), it may not replace a tensor, and it must have the type the job expects."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint._traverse import get_element, set_element
+
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    class SafePlanner(DefaultLoadPlanner):
+        def create_local_plan(self) -> Any:
+            plan = super().create_local_plan()
+            for fqn, entry in self.metadata.state_dict_metadata.items():
+                if isinstance(entry, BytesStorageMetadata) and fqn not in self.state_dict:
+                    raise ValueError(f"it holds a pickled entry {fqn} that this run does not expect")
+            return plan
+
+        def load_bytes(self, read_item: Any, value: Any) -> None:
+            fqn = read_item.dest_index.fqn
+            if fqn not in self.state_dict:
+                raise ValueError(f"it holds a pickled entry {fqn} that this run does not expect")
+            path = self.mappings.get(fqn) if self.flatten_state_dict else None
+            expected = get_element(self.original_state_dict, path) if path is not None else self.state_dict[fqn]
+            if isinstance(expected, torch.Tensor):
+                raise ValueError(f"it stores {fqn} as a pickled object where this run expects a tensor")
+            try:
+                loaded = torch.load(value, map_location="cpu", weights_only=True)
+            except Exception as exc:  # UnpicklingError names the global weights_only refused
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                for line in str(exc).splitlines():
+                    if "Unsupported global" in line or "GLOBAL" in line:
+                        reason = line.strip()
+                        break
+                raise ValueError(f"its entry {fqn} is not plain data ({reason[:160]})") from None
+            if not _same_kind(loaded, expected):
+                raise ValueError(
+                    f"its entry {fqn} holds a {type(loaded).__name__} where this run expects a {type(expected).__name__}"
+                )
+            if path is not None:
+                set_element(self.original_state_dict, path, loaded)
+            else:
+                self.state_dict[fqn] = loaded
+
+    return SafePlanner()
+
+
+def _same_kind(loaded: Any, expected: Any) -> bool:
+    """Plain values keep their kind: a number stays a number, a list of names a list."""
+    numbers = (int, float)
+    if isinstance(expected, bool) or isinstance(loaded, bool):
+        return type(loaded) is type(expected)
+    if isinstance(expected, numbers):
+        return isinstance(loaded, numbers)
+    if isinstance(expected, (list, tuple)):
+        return isinstance(loaded, (list, tuple))
+    return type(loaded) is type(expected)
 
 
 def _unreadable(path: Path, exc: BaseException) -> UserError:
@@ -205,7 +283,7 @@ def load_state(path: Path, state: dict[str, Any]) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(state, storage_reader=safe_reader(path))
+            dcp.load(state, storage_reader=safe_reader(path), planner=safe_planner())
     except (Exception, CheckpointException) as exc:  # corrupt, foreign or tampered files: say which, never run their code
         raise _unreadable(path, exc) from None
     finally:
