@@ -4,6 +4,7 @@ with a fake timer (no timing assertions: the machine is noisy), and one real run
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -285,3 +286,27 @@ def test_real_run_on_a_language_model():
     assert set(choice.step_ms) == {"fp32", "bf16"}
     assert choice.channels_last is False and choice.precision in ("fp32", "bf16")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_stopped_process_holding_the_cache_lock_does_not_stop_this_one(monkeypatch, tmp_path, capfd):
+    """Ctrl-Z or ``scontrol suspend`` on a run that holds the settings-cache lock: this one
+    waits at most LOCK_WAIT_S, measures for real without the cache and writes nothing."""
+    from test_hardware import stopped_lock_holder
+
+    from dlscale import hardware
+
+    monkeypatch.setattr(hardware, "LOCK_WAIT_S", 0.5)
+    path = autotune._cache_path()
+    with stopped_lock_holder(path) as holder:
+        started = time.monotonic()
+        choice = _choose()
+        elapsed = time.monotonic() - started
+        assert choice.cached is False and set(choice.step_ms) == {
+            "fp32", "fp32+channels_last", "bf16", "bf16+channels_last"
+        }
+        assert all(ms > 0 for ms in choice.step_ms.values())
+        assert not path.exists()
+    assert elapsed < 0.5 + 30  # the wait, then a real measurement of a tiny model
+    (line,) = [l for l in capfd.readouterr().err.splitlines() if l.startswith("dlscale:")]
+    assert str(path) in line and f"process {holder.pid}" in line and line.endswith("measuring without it")
+    assert _choose().cached is False and _choose().cached is True  # free again: cached as before

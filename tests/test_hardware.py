@@ -2,7 +2,14 @@
 against. The real CPU measurement runs once per test session (conftest gives the session
 its own cache folder); cache behaviour is tested with a counting fake measurement."""
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -149,6 +156,82 @@ def test_an_unwritable_cache_folder_still_gives_figures(monkeypatch, tmp_path):
     monkeypatch.setattr(hardware, "measure_peaks", fake_measurement)
     result = hardware.measured_peaks()
     assert result["cache"]["path"] is None and result["devices"]["cpu"]["gemm_flops_per_second"]["fp32"] > 0
+
+
+# --------------------------------------------------------------------------- a stuck lock
+
+
+@contextlib.contextmanager
+def stopped_lock_holder(cache_file: Path):
+    """A real process that takes the lock of ``cache_file`` and then stops itself (as
+    Ctrl-Z or ``scontrol suspend`` would stop it), holding the lock until it is killed."""
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = cache_file.with_name(cache_file.name + ".lock")
+    code = (
+        "import fcntl, os, signal, sys\n"
+        f"handle = open({str(lock)!r}, 'a')\n"
+        "fcntl.flock(handle, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGSTOP)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        deadline = time.monotonic() + 10
+        while _state(child.pid) != "T":  # wait until it is really stopped
+            assert time.monotonic() < deadline, "the lock holder did not stop"
+            time.sleep(0.01)
+        yield child
+    finally:
+        child.send_signal(signal.SIGCONT)
+        child.kill()
+        child.wait(timeout=10)
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_stopped_lock_holder_is_waited_for_only_so_long(counted, capfd):
+    path = hardware.cache_path()
+    with stopped_lock_holder(path) as holder:
+        started = time.monotonic()
+        with hardware._machine_lock(path, wait_s=0.5) as locked:
+            waited = time.monotonic() - started
+        assert locked is False and 0.5 <= waited < 5
+    line = capfd.readouterr().err.strip()
+    assert line.startswith("dlscale: the cache ") and str(path) in line and "measuring without it" in line
+    assert f"process {holder.pid}, which is stopped (Ctrl-Z or suspended) and has not let go for 0.5 s" in line
+    assert "\n" not in line
+
+
+def test_measured_peaks_measure_without_the_cache_while_a_stopped_process_holds_it(counted, monkeypatch, capfd):
+    monkeypatch.setattr(hardware, "LOCK_WAIT_S", 0.5)
+    monkeypatch.setattr(hardware, "_gave_up_on", set())
+    path = hardware.cache_path()
+    with stopped_lock_holder(path):
+        started = time.monotonic()
+        result = hardware.measured_peaks()
+        assert time.monotonic() - started < 5
+        assert len(counted) == 1 and result["cache"] == {"path": None, "hit": False}
+        assert result["devices"]["cpu"]["gemm_flops_per_second"]["fp32"] > 0
+        assert not path.exists()  # nothing written beside the holder
+        hardware.measured_peaks()  # still stuck: measured again, said once
+        assert len(counted) == 2
+    err = capfd.readouterr().err
+    assert err.count("dlscale: the cache ") == 1 and "measuring without it" in err
+    # the holder is gone: the lock is free again and the cache is written as before
+    assert hardware.measured_peaks()["cache"]["path"] == str(path) and path.is_file()
+    assert hardware.measured_peaks()["cache"]["hit"] is True and len(counted) == 3
+
+
+def test_a_lock_freed_within_the_wait_is_taken(tmp_path):
+    path = tmp_path / "peaks.json"
+    with stopped_lock_holder(path) as holder:
+        holder.send_signal(signal.SIGCONT)  # it resumes and exits, which lets go of the lock
+        with hardware._machine_lock(path, wait_s=10) as locked:
+            assert locked is True
 
 
 # --------------------------------------------------------------------------- real measurement (CPU)

@@ -165,8 +165,10 @@ def choose_cpu_settings(
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
     # One process measures at a time (workers of one node start together): the others
-    # wait, then read its answer instead of measuring against it.
-    with hardware._machine_lock(path):
+    # wait, then read its answer instead of measuring against it. A holder that never lets
+    # go (a stopped process) is waited for only so long: then this one measures alone and
+    # leaves the file to it.
+    with hardware._machine_lock(path) as locked:
         found = _cached_choice(path, entry_key)
         if found is not None:
             return found
@@ -179,6 +181,8 @@ def choose_cpu_settings(
                     break  # too slow to try every variant: keep the baseline
         chosen = variants[0] if len(ms) == 1 else _decide(ms)
         step_ms = {_label(p, cl): round(v, 3) for (p, cl), v in ms.items()}
+        if not locked:
+            return Choice(*chosen, step_ms=step_ms, cached=False)
         try:
             choices = _read_choices(path)  # other keys, possibly written by another process
             choices[entry_key] = {

@@ -22,7 +22,10 @@ The measurement takes a few seconds, so it is cached per machine as JSON in the 
 cache folder ($DLSCALE_CACHE_DIR, else $XDG_CACHE_HOME/dlscale, else ~/.cache/dlscale),
 one file per fingerprint (hostname, CPU model, threads, GPU names, torch version),
 with its provenance. ``measured_peaks(remeasure=True)`` (``dlscale hw --remeasure``)
-refreshes it; a corrupt or foreign file is measured again, never a crash.
+refreshes it; a corrupt or foreign file is measured again, never a crash. Processes of
+one machine take turns through a lock beside the file; one that waits longer than
+``LOCK_WAIT_S`` (the holder was stopped with Ctrl-Z or ``scontrol suspend``) says so on
+stderr and measures without the cache.
 """
 
 from __future__ import annotations
@@ -493,26 +496,96 @@ def cached_peaks() -> dict[str, Any] | None:
     return {"devices": data["devices"], "provenance": data["provenance"], "cache": {"path": str(path), "hit": True}}
 
 
+LOCK_WAIT_S = 30.0  # longest wait for another process's measurement before measuring without the cache
+_LOCK_POLL_S = 0.05
+_gave_up_on: set[str] = set()  # lock files already reported as stuck, so each is said once
+
+
 @contextlib.contextmanager
-def _machine_lock(path: Path) -> Iterator[None]:
+def _machine_lock(path: Path, wait_s: float | None = None) -> Iterator[bool]:
     """One process measures at a time (several workers of one node start together): the
-    others wait, then read what it wrote, instead of measuring against each other."""
+    others wait, then read what it wrote, instead of measuring against each other.
+
+    Yields True when this process may use the cache file at ``path`` (it holds the lock,
+    or this system has no locks), False when the lock stayed taken for ``wait_s`` seconds
+    (``LOCK_WAIT_S`` by default): a holder stopped with Ctrl-Z or ``scontrol suspend``
+    never lets go, so the caller then measures without the cache and writes nothing.
+    """
+    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
-        yield
+        yield True
         return
+    lock_path = path.with_name(path.name + ".lock")
     try:
-        handle = open(path.with_name(path.name + ".lock"), "a")
+        handle = open(lock_path, "a")
     except OSError:
-        yield
+        yield True
         return
     with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        if not _flock_within(handle, wait_s):
+            _say_lock_is_stuck(path, lock_path, wait_s)
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _flock_within(handle: Any, wait_s: float) -> bool:
+    """Take an exclusive flock on ``handle``, polling until ``wait_s`` seconds have passed;
+    False when another process still holds it then."""
+    import fcntl
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_LOCK_POLL_S)
+
+
+def _say_lock_is_stuck(path: Path, lock_path: Path, wait_s: float) -> None:
+    """One line on stderr, once per cache file and process."""
+    import sys
+
+    if str(lock_path) in _gave_up_on:
+        return
+    _gave_up_on.add(str(lock_path))
+    holder = _flock_holder(lock_path)
+    who = f"process {holder}" if holder is not None else "a process"
+    if holder is not None and _is_stopped(holder):
+        who += ", which is stopped (Ctrl-Z or suspended) and"
+    else:
+        who += ", which"
+    print(f"dlscale: the cache {path} is locked by {who} has not let go for {wait_s:g} s; measuring without it", file=sys.stderr)
+
+
+def _is_stopped(pid: int) -> bool:
+    try:  # /proc/PID/stat: "PID (name) STATE ...", T when stopped by a signal
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
+
+
+def _flock_holder(lock_path: Path) -> int | None:
+    """The process that holds a flock on ``lock_path``, from /proc/locks; None when unknown."""
+    try:
+        stat = os.stat(lock_path)
+        file_id = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+        with open("/proc/locks") as handle:
+            for line in handle:  # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2150028 0 EOF"
+                fields = line.split()
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == file_id:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def measured_peaks(remeasure: bool = False) -> dict[str, Any]:
@@ -535,14 +608,14 @@ def measured_peaks(remeasure: bool = False) -> dict[str, Any]:
         writable = True
     except OSError:
         writable = False
-    with _machine_lock(path) if writable else contextlib.nullcontext():
+    with _machine_lock(path) if writable else contextlib.nullcontext(False) as locked:
         if not remeasure:  # another process may have measured while this one waited
             cached = cached_peaks()
             if cached is not None:
                 return cached
         result = measure_peaks()
         saved = False
-        if writable:
+        if locked:  # never write beside a holder that may still write (it was only stopped)
             try:
                 write_json(path, {"fingerprint": print_, **result})
                 saved = True
