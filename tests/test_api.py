@@ -45,3 +45,16 @@ def test_fit_rejects_unknown_options():
 def test_fit_rejects_mismatched_lengths():
     with pytest.raises(dlscale.UserError, match="x has 4 samples but y has 3"):
         dlscale.fit(torch.nn.Linear(2, 2), (np.zeros((4, 2)), np.zeros(3)))
+
+
+def test_fit_refuses_non_finite_inputs_and_out_of_range_labels_naming_the_sample():
+    import numpy as np
+
+    x = np.zeros((40, 4), dtype=np.float32)
+    x[17, 2] = np.nan
+    with pytest.raises(dlscale.UserError, match="non-finite values .* at sample 17"):
+        dlscale.fit(torch.nn.Linear(4, 2), (x, np.zeros(40, dtype=np.int64)), epochs=1, batch_size=8)
+    labels = np.zeros(40, dtype=np.int64)
+    labels[3] = 2**31
+    with pytest.raises(dlscale.UserError, match="label 2147483648 at index 3"):
+        dlscale.fit(torch.nn.Linear(4, 2), (np.zeros((40, 4), dtype=np.float32), labels), epochs=1, batch_size=8)

@@ -67,3 +67,14 @@ def test_toml_dict_drops_unset_and_invocation_keys():
     written = config.to_toml_dict(c)
     assert "run_dir" not in written and "resume" not in written and "lr" not in written
     assert config.build(written) == c.replace(run_dir=None, resume=None)
+
+
+@pytest.mark.parametrize("seed", [20_000_000_000_000, -1, 2**32, 2**63, 2**64])
+def test_seed_outside_what_every_generator_takes_is_refused_with_the_range(seed):
+    with pytest.raises(UserError, match=rf"^--seed must be from 0 to 4294967295 \(2\*\*32 - 1\), got {seed}$"):
+        TrainConfig(seed=seed)
+
+
+@pytest.mark.parametrize("seed", [0, 2**32 - 1])
+def test_seed_range_ends_are_accepted(seed):
+    assert TrainConfig(seed=seed).seed == seed

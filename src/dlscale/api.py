@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from dlscale import config as config_mod
 from dlscale.data import Splits
+from dlscale.data.guards import check_labels, first_non_finite
 from dlscale.errors import UserError
 from dlscale.progress import TrainProgress, make_console
 from dlscale.train import train
@@ -94,6 +95,11 @@ def _as_dataset(data: Dataset | tuple[Any, Any] | None, what: str) -> Dataset | 
             raise UserError(f"{what}: x has {len(x)} samples but y has {len(y)}; give equal lengths")
         if x.is_floating_point():
             x = x.float()
+        bad = first_non_finite(x)
+        if bad is not None:
+            raise UserError(f"{what} holds non-finite values (NaN or inf) at sample {bad}; fix or drop that sample")
+        if not y.is_floating_point():
+            check_labels(y.cpu().numpy(), what)
         return TensorDataset(x, y.long())
     raise UserError(f"{what} must be a Dataset or a pair (x, y) of tensors/arrays, got {type(data).__name__}")
 

@@ -21,6 +21,9 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("ddp", "fsdp")
+# NumPy's legacy seed range. Every consumer takes it exactly: random, NumPy (no modulo that
+# would make two seeds one), torch, and the batch order's seed * 1_000_003 + epoch (an int64).
+MAX_SEED = 2**32 - 1
 
 # Keys that describe one invocation rather than the experiment: they are not written
 # to config.toml, so re-running that file starts a new run instead of touching the old.
@@ -87,6 +90,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise UserError(f"{_flag(name)} must be a finite number, got {value}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"--seed must be from 0 to {MAX_SEED} (2**32 - 1), got {self.seed}")
         if not 0 < self.timeout < float("inf"):
             raise UserError(f"--timeout is in seconds and must be greater than 0, got {self.timeout}")
         if not 0 < self.master_port < 65536:

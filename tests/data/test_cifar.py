@@ -169,3 +169,22 @@ def test_test_batch_alone_is_a_user_error(tmp_path):
     make_cifar(tmp_path, n_batches=0)
     with pytest.raises(UserError, match="no data_batch_1..5"):
         load_data(str(tmp_path), WANT)
+
+
+@pytest.mark.timeout(30)  # reading a FIFO would block for ever
+@pytest.mark.parametrize("name", ["data_batch_2", "test_batch"])
+def test_fifo_under_a_batch_name_is_refused_by_name(tmp_path, name):
+    make_cifar(tmp_path)
+    (tmp_path / name).unlink()
+    os.mkfifo(tmp_path / name)
+    with pytest.raises(UserError, match=rf"{name} is a FIFO \(named pipe\), not a regular file"):
+        load_data(str(tmp_path), WANT)
+
+
+def test_label_beyond_any_class_count_is_refused_naming_it(tmp_path):
+    make_cifar(tmp_path)
+    batch = make_batch(20, seed=0)
+    batch[b"labels"][4] = 2**31
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps(batch))
+    with pytest.raises(UserError, match=r"'labels' in .*data_batch_1 holds label 2147483648 at index 4"):
+        load_data(str(tmp_path), WANT)

@@ -1,11 +1,15 @@
 import gzip
+import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from dlscale.data import DataSpec, load_data
+from dlscale.data.idx import IMAGES_MAGIC
 from dlscale.data.splits import split_indices
 from dlscale.errors import UserError
 
@@ -150,4 +154,78 @@ def test_test_files_alone_are_a_user_error(tmp_path):
     (tmp_path / "train-images-idx3-ubyte").unlink()
     (tmp_path / "train-labels-idx1-ubyte").unlink()
     with pytest.raises(UserError, match="no train-images-idx3-ubyte"):
+        load_data(str(tmp_path), WANT)
+
+
+# --------------------------------------------------------------------------- inputs that would exhaust memory
+
+
+def gzip_of_zeros(head: bytes, zero_bytes: int) -> bytes:
+    """A .gz holding head, then zero_bytes zeros: repeated gzip members, cheap to build, costly to inflate."""
+    block = 16 * 2**20
+    return gzip.compress(head) + gzip.compress(bytes(block)) * (zero_bytes // block)
+
+
+def test_gzip_whose_header_declares_terabytes_is_refused_before_inflating(tmp_path):
+    make_mnist(tmp_path, compress=True)
+    head = struct.pack(">4I", IMAGES_MAGIC, 2**32 - 1, 28, 28)  # 3.4 TB of pixels, from a file of 70 KB
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip_of_zeros(head, 64 * 2**20))
+    expected = r"train-images-idx3-ubyte\.gz is damaged or a gzip bomb: its header declares 3\.1 TiB of images"
+    with pytest.raises(UserError, match=expected):
+        load_data(str(tmp_path), WANT)
+
+
+PEAK_MEMORY_OF_A_LOAD = """
+import resource, sys
+from dlscale.data import DataSpec, load_data
+from dlscale.errors import UserError
+try:
+    load_data(sys.argv[1], DataSpec("image", (1, 28, 28), 10))
+except UserError as error:
+    print(error)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in kB on Linux only")
+def test_gzip_stream_longer_than_its_header_is_refused_without_inflating_the_rest(tmp_path):
+    make_mnist(tmp_path, compress=True)
+    head = struct.pack(">4I", IMAGES_MAGIC, 50, 6, 5)  # what make_mnist wrote: 1500 bytes of pixels
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip_of_zeros(head, 2 * 2**30))  # 2 GiB follow
+    child = subprocess.run(
+        [sys.executable, "-c", PEAK_MEMORY_OF_A_LOAD, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    message, peak_bytes = child.stdout.splitlines()
+    assert "train-images-idx3-ubyte.gz holds more than the 1500 bytes of images its header declares" in message
+    assert int(peak_bytes) < 2**30, "the stream was inflated beyond what the header declares"
+
+
+def test_raw_file_larger_than_memory_is_refused_before_reading(tmp_path):
+    make_mnist(tmp_path)
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    count = 2 * physical // 2**20  # megapixel images: twice the machine's memory in all
+    path = tmp_path / "train-images-idx3-ubyte"
+    with open(path, "wb") as file:
+        file.write(struct.pack(">4I", IMAGES_MAGIC, count, 1024, 1024))
+        file.truncate(16 + count * 2**20)  # sparse: takes no disk
+    expected = r"train-images-idx3-ubyte \(.* of images by its header\) needs about .* of memory but only .* available"
+    with pytest.raises(UserError, match=expected):
+        load_data(str(tmp_path), WANT)
+
+
+@pytest.mark.timeout(30)  # reading a FIFO would block for ever
+@pytest.mark.parametrize("make", [os.mkfifo, lambda path: path.symlink_to("/dev/zero")], ids=["fifo", "dev-zero"])
+def test_fifo_or_device_under_an_idx_name_is_refused_by_name(tmp_path, make):
+    make_mnist(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte").unlink()
+    make(tmp_path / "train-images-idx3-ubyte")
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte.* is a (FIFO|character device).* not a regular file"):
+        load_data(str(tmp_path), WANT)
+
+
+def test_stream_longer_than_its_header_is_refused_raw_too(tmp_path):
+    make_mnist(tmp_path)
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(UserError, match="holds more than the 20 bytes of labels its header declares"):
         load_data(str(tmp_path), WANT)

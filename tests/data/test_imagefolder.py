@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -126,3 +128,41 @@ def test_image_gone_after_building_is_a_user_error_naming_it(tmp_path):
     splits.train.files[0].unlink()
     with pytest.raises(UserError, match=str(splits.train.files[0])):
         splits.train[0]
+
+
+# --------------------------------------------------------------------------- files that would exhaust memory or hang
+
+
+def test_huge_first_image_is_refused_naming_file_size_and_fix(tmp_path):
+    make_folder(tmp_path / "train", per_class=2)
+    first = tmp_path / "train" / "cat" / "0.png"  # classes and files are sorted: this one sets every size
+    Image.new("L", (6000, 4000)).save(first, compress_level=1)
+    with pytest.raises(UserError, match=rf"first training image {first} is 6000x4000 pixels .*resize the images"):
+        load_data(str(tmp_path), WANT)
+
+
+def test_large_images_after_the_first_are_resized_down(tmp_path):
+    make_folder(tmp_path / "train", per_class=1)
+    Image.new("RGB", (3000, 2000)).save(tmp_path / "train" / "dog" / "big.jpg")
+    splits = load_data(str(tmp_path), WANT)
+    big = splits.train.files.index(tmp_path / "train" / "dog" / "big.jpg")
+    assert splits.input_shape == (3, 6, 8) and splits.train[big][0].shape == (3, 6, 8)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".webp", ".bmp", ".gif"])
+def test_truncated_photo_is_caught_when_the_data_is_built(tmp_path, suffix):
+    make_folder(tmp_path, per_class=3, suffix=suffix)
+    noise = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    path = tmp_path / "emu" / f"cut{suffix}"
+    Image.fromarray(noise).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError, match=rf"^cannot read image {path} \(.*\); remove or replace the file$"):
+        load_data(str(tmp_path), WANT)
+
+
+@pytest.mark.timeout(30)  # reading a FIFO would block for ever
+def test_fifo_named_like_an_image_is_refused_not_skipped(tmp_path):
+    make_folder(tmp_path, per_class=2)
+    os.mkfifo(tmp_path / "dog" / "2.png")
+    with pytest.raises(UserError, match=r"dog/2\.png is a FIFO \(named pipe\), not a regular file"):
+        load_data(str(tmp_path), WANT)

@@ -1,5 +1,7 @@
 """How load_data picks a reader, and its errors for names and paths that hold no data."""
 
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +80,27 @@ def test_unreadable_directory_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "iterdir", refuse)  # as a folder without read permission behaves (tests may run as root)
     with pytest.raises(UserError, match=r"cannot read .* \(Permission denied\); check the path and its permissions"):
         load_data(str(tmp_path), WANT)
+
+
+@pytest.mark.timeout(30)  # opening a FIFO to read blocks until someone writes: it must never be opened
+@pytest.mark.parametrize("name", ["data.npz", "story.txt", "data"])
+def test_fifo_given_as_data_is_refused_by_name(tmp_path, name):
+    os.mkfifo(tmp_path / name)
+    with pytest.raises(UserError, match=rf"^data {tmp_path / name} is a FIFO \(named pipe\), not a regular file"):
+        load_data(str(tmp_path / name), WANT)
+
+
+@pytest.mark.parametrize("name", ["/dev/zero", "zeros.npz", "zeros.txt"])
+def test_device_given_as_data_is_refused_by_name(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    if name != "/dev/zero":
+        (tmp_path / name).symlink_to("/dev/zero")
+    with pytest.raises(UserError, match=rf"^data {name}.* is a character device, not a regular file.*copy the data"):
+        load_data(name, WANT)
+
+
+def test_socket_given_as_data_is_refused_by_name(tmp_path):
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(tmp_path / "data.npz"))
+        with pytest.raises(UserError, match=r"data.npz is a socket, not a regular file"):
+            load_data(str(tmp_path / "data.npz"), WANT)

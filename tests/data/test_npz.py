@@ -1,3 +1,5 @@
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -141,3 +143,43 @@ def test_other_bad_arrays_are_user_errors(tmp_path, x, y, fragment):
     path = save(tmp_path / "d.npz", x=x, y=y)
     with pytest.raises(UserError, match=fragment):
         load_data(path, WANT)
+
+
+# --------------------------------------------------------------------------- values and sizes that would break training
+
+
+@pytest.mark.parametrize(
+    "y, shown",
+    [
+        (np.array([0, 1, 2, 3, 4, 2**31, 6, 0, 1, 2]), "label 2147483648 at index 5"),
+        (np.array([0, 1, 2, 3, 4, 5, 6, 0, 1, -3]), "label -3 at index 9"),
+        (np.array([0, 1, 2, 3, 4, 5, 6, 0, 2**64 - 1, 2], np.uint64), "label 18446744073709551615 at index 8"),
+    ],
+    ids=["2**31", "negative", "uint64-max"],
+)
+def test_labels_out_of_range_are_refused_naming_file_value_and_index(tmp_path, y, shown):
+    path = save(tmp_path / "d.npz", x=images((10, 4, 4)), y=y)
+    with pytest.raises(UserError, match=f"^y in {path} holds {shown}; .*renumber"):
+        load_data(path, WANT)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e300], ids=["nan", "inf", "-inf", "beyond-float32"])
+def test_non_finite_sample_is_refused_naming_file_and_sample(tmp_path, bad):
+    x = np.random.default_rng(0).normal(size=(40, 3, 5)).astype(np.float64)
+    x[17, 2, 4] = bad
+    path = save(tmp_path / "d.npz", x=x, y=np.arange(40) % 4)
+    with pytest.raises(UserError, match=rf"^x in {path} holds non-finite values \(NaN or inf.* at sample 17; "):
+        load_data(path, WANT)
+
+
+def test_header_declaring_more_than_memory_is_refused_before_numpy_allocates(tmp_path):
+    """A .npy header is a promise: one declaring 4 TiB in a 200-byte archive must not be allocated."""
+    path = tmp_path / "d.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        with archive.open("x.npy", "w") as member:
+            header = {"descr": "<f4", "fortran_order": False, "shape": (2**20, 2**20)}
+            np.lib.format.write_array_header_1_0(member, header)
+        with archive.open("y.npy", "w") as member:
+            np.save(member, np.zeros(2**20, np.int64))
+    with pytest.raises(UserError, match=rf"^{path} needs about 12\.0 TiB of memory but only .* is available"):
+        load_data(str(path), WANT)

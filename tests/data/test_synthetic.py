@@ -133,3 +133,17 @@ def test_bad_shape_override_is_a_user_error(name):
 def test_non_positive_sample_count_is_a_user_error():
     with pytest.raises(UserError, match="at least 1 sample"):
         load_data("synthetic", IMAGES, synthetic_samples=0)
+
+
+def test_sample_count_beyond_memory_is_refused_naming_bytes_and_memory():
+    with pytest.raises(
+        UserError,
+        match=r"^--synthetic-samples 100000000000 \(8 bytes per sample .*\) needs about 745\.1 GiB of memory "
+        r"but only .* is available \(.+\); give fewer samples",
+    ):
+        load_data("synthetic", IMAGES, synthetic_samples=100_000_000_000)
+
+
+def test_sample_shape_beyond_memory_is_refused():
+    with pytest.raises(UserError, match=r"^one synthetic sample of shape 3x1000000x1000000 needs about 10\.9 TiB"):
+        load_data("synthetic:3x1000000x1000000", IMAGES)

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -69,4 +71,13 @@ def test_binary_file_that_is_not_text_is_a_user_error(tmp_path):
     path = tmp_path / "train-images-idx3-ubyte.gz"
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     with pytest.raises(UserError, match="neither text nor an .npz.*give the directory"):
+        load_data(str(path), TOKENS)
+
+
+def test_text_larger_than_memory_is_refused_before_reading(tmp_path):
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    path = tmp_path / "huge.txt"
+    with open(path, "wb") as file:
+        file.truncate(2 * physical)  # sparse: takes no disk, but its tokens would fill memory 50 times over
+    with pytest.raises(UserError, match=r"huge\.txt as byte tokens needs about .* of memory but only .* is available"):
         load_data(str(path), TOKENS)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dlscale.data.cifar import find_cifar_dir, load_cifar
 from dlscale.data.digits import load_digits
+from dlscale.data.guards import require_regular_file
 from dlscale.data.idx import is_idx_dir, load_idx
 from dlscale.data.imagefolder import is_image_folder, load_image_folder
 from dlscale.data.npz import load_npz
@@ -61,6 +62,7 @@ def _load_path(path: Path, name: str, want: DataSpec) -> Splits:
     """Pick the reader by what is at an existing path."""
     if path.is_dir():
         return _load_directory(path, name)
+    require_regular_file(path, f"data {name}")  # a FIFO would block and /dev/zero never end
     if path.suffix.lower() == ".npz":
         return load_npz(path, name)
 

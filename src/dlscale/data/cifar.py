@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlscale.data.guards import check_labels, names_a_file, require_memory, require_regular_file
 from dlscale.data.splits import Splits, image_splits, split_arrays
 from dlscale.errors import UserError
 
@@ -46,7 +47,7 @@ ALLOWED = {
 def find_cifar_dir(path: Path) -> Path | None:
     """The directory holding the batches: path itself or its cifar-10-batches-py/; None if neither has any."""
     for directory in (path, path / SUBDIRECTORY):
-        if directory.is_dir() and (_data_batches(directory) or (directory / "test_batch").is_file()):
+        if directory.is_dir() and (_data_batches(directory) or names_a_file(directory / "test_batch")):
             return directory
     return None
 
@@ -56,14 +57,22 @@ def load_cifar(directory: Path, name: str) -> Splits:
     batches = _data_batches(directory)
     if not batches:
         raise UserError(f"{directory} has a CIFAR-10 test_batch but no data_batch_1..5; add the training batches")
+    test_batch = directory / "test_batch"
+    files = batches + ([test_batch] if names_a_file(test_batch) else [])
+    # Unpickling holds each file's bytes about twice, then come a joined copy, a split copy and float32 pixels.
+    require_memory(
+        8 * sum(path.stat().st_size for path in files),
+        f"the CIFAR-10 batches in {directory}",
+        "use a machine with more memory or fewer batches",
+    )
     parts = [read_batch(path) for path in batches]
     images = np.concatenate([x for x, _ in parts])
     labels = np.concatenate([y for _, y in parts])
     if len(labels) == 0:
         raise UserError(f"the data_batch files in {directory} hold no images; {USE_ORIGINALS}")
-    if (directory / "test_batch").is_file():
+    if test_batch in files:
         train, val, _ = split_arrays(images, labels, val_pct=10, test_pct=0)
-        test = read_batch(directory / "test_batch")
+        test = read_batch(test_batch)
     else:
         train, val, test = split_arrays(images, labels, val_pct=10, test_pct=10)
     num_classes = max(int(pair[1].max()) for pair in (train, val, test) if pair is not None) + 1
@@ -72,7 +81,9 @@ def load_cifar(directory: Path, name: str) -> Splits:
 
 def _data_batches(directory: Path) -> list[Path]:
     """data_batch_<n> files in numeric order."""
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := DATA_BATCH.fullmatch(p.name)) and p.is_file()]
+    # names_a_file, not is_file: a FIFO named data_batch_1 is refused by name when read, not skipped
+    matches = ((DATA_BATCH.fullmatch(p.name), p) for p in directory.iterdir())
+    found = [(int(m.group(1)), p) for m, p in matches if m and names_a_file(p)]
     return [p for _, p in sorted(found)]
 
 
@@ -92,6 +103,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 3, 32, 32) uint8 and labels (N,) int64 from one batch file."""
+    require_regular_file(path)
     try:
         with open(path, "rb") as file:
             batch = _RestrictedUnpickler(file, path).load()
@@ -118,7 +130,6 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise bad("'labels' is not a flat list of integers") from None
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(data):
         raise bad(f"'labels' is not a list of {len(data)} integers")
-    if len(labels) and labels.min() < 0:
-        raise bad("'labels' holds negative class numbers")
+    check_labels(labels, f"'labels' in {path}")
     # Each row is 1024 red, then 1024 green, then 1024 blue values, row-major: reshape gives (3, 32, 32).
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)

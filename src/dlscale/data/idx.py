@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlscale.data.guards import format_bytes, names_a_file, require_memory, require_regular_file
 from dlscale.data.splits import Splits, image_splits, split_arrays
 from dlscale.errors import UserError
 
@@ -24,13 +25,17 @@ TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
 TEST_IMAGES = "t10k-images-idx3-ubyte"
 TEST_LABELS = "t10k-labels-idx1-ubyte"
+MAX_DEFLATE_RATIO = 1032  # deflate's most: one byte of gzip never holds more than this many bytes
+# Memory per byte of file, in total, by the time the splits are built: the bytes read, the
+# split's copy, then float32 pixels (4 bytes) or int64 labels (8 bytes).
+LOAD_BYTES_PER_BYTE = {"images": 1 + 1 + 4, "labels": 1 + 1 + 8}
 
 
 def find_idx_file(directory: Path, name: str) -> Path | None:
     """The file for a standard IDX name, raw or gzipped, or spelt 'train-images.idx3-ubyte' as some mirrors do."""
     dotted = name.replace("-idx", ".idx")
     for candidate in (name, name + ".gz", dotted, dotted + ".gz"):
-        if (directory / candidate).is_file():
+        if names_a_file(directory / candidate):  # a FIFO under this name is refused when read, not skipped
             return directory / candidate
     return None
 
@@ -82,28 +87,81 @@ def _read_pair(directory: Path, images_name: str, labels_name: str) -> tuple[np.
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
-    """The array stored in one IDX file, checked against the expected magic number and its own header."""
+    """The array stored in one IDX file, checked against the expected magic number and its own header.
+
+    The header's size is checked before anything is allocated, and the body is read
+    with that size as a cap, so a gzip bomb is refused instead of decompressed.
+    """
     what = "images" if magic == IMAGES_MAGIC else "labels"
+    require_regular_file(path)
+    gzipped = path.suffix == ".gz"
+    opener = gzip.open if gzipped else open
     try:
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        with opener(path, "rb") as stream:
+            dims = _read_header(stream, path, magic, what)
+            expected = math.prod(dims)
+            _check_declared_size(path, what, expected, 4 + 4 * len(dims), gzipped)
+            values = np.empty(expected, np.uint8)
+            found = _read_into(stream, values)
+            extra = stream.read(1)
     except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
         raise UserError(f"cannot read {path} ({error}); download the file again") from None
+    if found < expected:
+        raise UserError(
+            f"{path} is truncated: its header promises {expected} bytes of {what} but only "
+            f"{found} follow; download it again"
+        )
+    if extra:
+        raise UserError(
+            f"{path} holds more than the {expected} bytes of {what} its header declares; the file is damaged "
+            "or not an MNIST file (a gzip bomb looks like this), download it again"
+        )
+    return values.reshape(dims)
 
+
+def _read_header(stream, path: Path, magic: int, what: str) -> tuple[int, ...]:
+    """The dimensions from the header, after checking the magic number."""
     ndim = magic & 0xFF
-    header_size = 4 + 4 * ndim
-    found_magic = int.from_bytes(data[:4], "big")
-    if len(data) >= 4 and found_magic != magic:
+    header = stream.read(4 + 4 * ndim)
+    found_magic = int.from_bytes(header[:4], "big")
+    if len(header) >= 4 and found_magic != magic:
         raise UserError(
             f"{path} is not an IDX {what} file (magic number 0x{found_magic:08x}, "
             f"expected 0x{magic:08x}); check that images and labels files are not swapped or damaged"
         )
-    if len(data) < header_size:
-        raise UserError(f"{path} is truncated: it has {len(data)} bytes, less than the IDX header; download it again")
-    dims = struct.unpack(f">{ndim}I", data[4:header_size])
-    expected = math.prod(dims)
-    if len(data) - header_size < expected:
+    if len(header) < 4 + 4 * ndim:
+        raise UserError(f"{path} is truncated: it has {len(header)} bytes, less than the IDX header; download it again")
+    return struct.unpack(f">{ndim}I", header[4:])
+
+
+def _check_declared_size(path: Path, what: str, expected: int, header_size: int, gzipped: bool) -> None:
+    """Refuse a header that declares more than the file can hold or than memory can take."""
+    file_size = path.stat().st_size
+    if not gzipped and expected > file_size - header_size:
         raise UserError(
             f"{path} is truncated: its header promises {expected} bytes of {what} but only "
-            f"{len(data) - header_size} follow; download it again"
+            f"{file_size - header_size} follow; download it again"
         )
-    return np.frombuffer(data, np.uint8, count=expected, offset=header_size).reshape(dims)
+    if gzipped and expected > file_size * MAX_DEFLATE_RATIO:
+        raise UserError(
+            f"{path} is damaged or a gzip bomb: its header declares {format_bytes(expected)} of {what}, more than "
+            f"a {format_bytes(file_size)} gzip file can hold (deflate expands at most {MAX_DEFLATE_RATIO}-fold); "
+            "download it again"
+        )
+    require_memory(
+        expected * LOAD_BYTES_PER_BYTE[what],
+        f"{path} ({format_bytes(expected)} of {what} by its header)",
+        "use a machine with more memory or a smaller data set",
+    )
+
+
+def _read_into(stream, values: np.ndarray) -> int:
+    """Fill values from stream; the number of bytes read, fewer at the end of the stream."""
+    view = memoryview(values).cast("B")
+    filled = 0
+    while filled < len(view):
+        count = stream.readinto(view[filled:])
+        if not count:
+            break
+        filled += count
+    return filled

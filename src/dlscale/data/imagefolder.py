@@ -1,12 +1,16 @@
 """A folder of images with one subfolder per class, optionally under train/, val/ and test/.
 
 Images are decoded lazily, one per sample, so the folder may be larger than
-memory. Every file is opened and verified when the data set is built, so a
-broken image stops the run before training instead of in the middle of an epoch.
+memory. Every file is opened and checked when the data set is built (PNG by its
+checksums, JPEG and the rest by decoding, JPEG cheaply at 1/8 scale), so a broken
+or truncated image stops the run before training instead of in the middle of an epoch.
+Every image is resized to the first training image's size, so that size is capped.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +18,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from dlscale.data.guards import format_bytes, names_a_file, require_regular_file
 from dlscale.data.splits import Splits, split_indices
 from dlscale.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 GREY_MODES = {"1", "L"}
+MAX_PIXELS = 2048 * 2048  # per image, as every sample is decoded to this size: 48 MiB of float32 RGB
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -35,7 +41,8 @@ def class_folders(directory: Path) -> dict[str, list[Path]]:
 
 def _is_image_file(path: Path) -> bool:
     # Hidden files are skipped: macOS archives carry '._name.png' metadata files that are not images.
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+    # A FIFO or device named like an image is kept, to be refused by name when it is checked.
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and names_a_file(path)
 
 
 def has_split_folders(path: Path) -> bool:
@@ -60,11 +67,10 @@ def load_image_folder(path: Path, name: str) -> Splits:
         indices = split_indices(len(everything), val_pct=10, test_pct=10)
         samples = {split: [everything[i] for i in idx] for split, idx in zip(SPLIT_NAMES, indices)}
 
+    first_file = samples["train"][0][0]
+    size = _first_size(first_file)  # every image is resized to the first one's (width, height)
     modes = [_check_image(f) for split_samples in samples.values() for f, _ in split_samples]
     mode = "L" if all(m in GREY_MODES for m in modes) else "RGB"
-    first_file = samples["train"][0][0]
-    with Image.open(first_file) as image:
-        size = image.size  # every image is resized to the first one's (width, height)
     datasets = {split: ImageFiles(s, size, mode) if s else None for split, s in samples.items()}
     return Splits(
         name=name,
@@ -82,15 +88,43 @@ def _labelled(per_class: dict[str, list[Path]], class_names: list[str]) -> list[
     return [(f, class_names.index(c)) for c, files in per_class.items() for f in files]
 
 
-def _check_image(path: Path) -> str:
-    """Open and verify one image file; its mode ('L', 'RGB', ...)."""
+@contextlib.contextmanager
+def _open_image(path: Path) -> Iterator[Image.Image]:
+    """Image.open for reading in the with-block; any failure there is one UserError naming the file."""
+    require_regular_file(path)
     try:
         with Image.open(path) as image:
-            mode = image.mode
-            image.verify()
-        return mode
+            yield image
     except Exception as error:  # Pillow raises many types for broken files (OSError, SyntaxError, ValueError, ...)
         raise UserError(f"cannot read image {path} ({error}); remove or replace the file") from None
+
+
+def _first_size(path: Path) -> tuple[int, int]:
+    """The first training image's (width, height), refused when so large that every sample,
+    resized to it, would swamp memory. Checked before any other image is opened."""
+    with _open_image(path) as image:
+        width, height = image.size
+        channels = 1 if image.mode in GREY_MODES else 3
+    if width * height > MAX_PIXELS:
+        raise UserError(
+            f"the first training image {path} is {width}x{height} pixels and every image is resized to the first "
+            f"one's size: {format_bytes(4 * channels * width * height)} per sample as float32, over the limit of "
+            f"{MAX_PIXELS} pixels (e.g. 2048x2048); resize the images to the size the model should see "
+            "(e.g. 224x224) and try again"
+        )
+    return width, height
+
+
+def _check_image(path: Path) -> str:
+    """Open and check one image file, decoding all of it unless it is a PNG; its mode ('L', 'RGB', ...)."""
+    with _open_image(path) as image:
+        mode = image.mode
+        if image.format == "PNG":
+            image.verify()  # checks every chunk's CRC without decoding
+        else:  # verify() checks next to nothing in a JPEG: decode it, at 1/8 scale where the format allows
+            image.draft(None, (1, 1))
+            image.load()
+    return mode
 
 
 class ImageFiles(Dataset):
@@ -106,15 +140,11 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int):
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:
-                image = image.convert(self.mode)
-                if image.size != self.size:
-                    image = image.resize(self.size, Image.Resampling.BILINEAR)
-                pixels = np.asarray(image, dtype=np.float32)
-        except Exception as error:  # verified at build time, but a file can still change or hide damage
-            raise UserError(f"cannot read image {path} ({error}); remove or replace the file") from None
+        with _open_image(self.files[index]) as image:  # checked at build time, but a file can still change
+            image = image.convert(self.mode)
+            if image.size != self.size:
+                image = image.resize(self.size, Image.Resampling.BILINEAR)
+            pixels = np.asarray(image, dtype=np.float32)
         # Lazy data has no cheap train statistics: scale [0, 255] to [0, 1], then standardise with mean 0.5 / std 0.5.
         pixels = pixels / 127.5 - 1.0
         x = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)

@@ -6,17 +6,23 @@ or tabular (N, F). uint8 values are pixels and are scaled to [0, 1].
 
 from __future__ import annotations
 
+import math
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from dlscale.data.guards import check_labels, first_non_finite, require_memory
 from dlscale.data.splits import Splits, image_splits, split_arrays
 from dlscale.errors import UserError
 
 CHANNEL_COUNTS = (1, 3, 4)
 HOW_TO_SAVE = "save it with np.savez(path, x=samples, y=integer_labels)"
+# Memory per value, besides the array as loaded and its split's copy: x becomes float32, y int64.
+CONVERTED_BYTES = {"x.npy": 4, "y.npy": 8}
+READ_HEADER_1_0 = np.lib.format.read_array_header_1_0
+READ_HEADER_2_0 = np.lib.format.read_array_header_2_0
 
 
 def load_npz(path: Path, name: str) -> Splits:
@@ -32,8 +38,13 @@ def load_npz(path: Path, name: str) -> Splits:
         raise UserError(f"x in {path} has {len(x)} samples but y has {len(y)} labels; give one label per sample")
     if len(y) == 0:
         raise UserError(f"{path} holds no samples; {HOW_TO_SAVE}")
-    if y.min() < 0:
-        raise UserError(f"y in {path} holds negative labels; number the classes 0, 1, 2, ...")
+    check_labels(y, f"y in {path}")
+    bad = first_non_finite(x)
+    if bad is not None:
+        raise UserError(
+            f"x in {path} holds non-finite values (NaN or inf, or too large for float32) at sample {bad}; "
+            "fix or drop those samples, e.g. keep = np.isfinite(x).reshape(len(x), -1).all(1); x, y = x[keep], y[keep]"
+        )
 
     x = _channels_first(x, path)
     train, val, test = split_arrays(x, y, val_pct=10, test_pct=10)
@@ -46,6 +57,7 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
         is_zip = zipfile.is_zipfile(file)
     if not is_zip:
         raise UserError(f"{path} is not a readable .npz file (not a zip archive); {HOW_TO_SAVE}")
+    _check_memory(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in ("x", "y") if key not in archive.files]
@@ -61,6 +73,22 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"{path} is not a readable .npz file ({error}); {HOW_TO_SAVE}") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise UserError(f"{path} is not a readable .npz file ({error}); {HOW_TO_SAVE}") from None
+
+
+def _check_memory(path: Path) -> None:
+    """Refuse arrays that cannot fit, from the sizes in their .npy headers, before NumPy allocates them."""
+    needed = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for key in set(archive.namelist()) & {"x.npy", "y.npy"}:
+                with archive.open(key) as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = READ_HEADER_1_0 if version == (1, 0) else READ_HEADER_2_0  # 2.0 and 3.0
+                    shape, _, dtype = read_header(member)
+                needed += math.prod(shape) * (2 * dtype.itemsize + CONVERTED_BYTES[key])
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error):
+        return  # a damaged archive: np.load reports it in its own words
+    require_memory(needed, str(path), "use a machine with more memory or a smaller data set")
 
 
 def _channels_first(x: np.ndarray, path: Path) -> np.ndarray:

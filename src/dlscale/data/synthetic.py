@@ -19,11 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from dlscale.data.guards import require_memory
 from dlscale.data.splits import DataSpec, Splits
 from dlscale.errors import UserError
 
 DEFAULT_SAMPLES = 2048
 IN_MEMORY_LIMIT_BYTES = 256 * 2**20  # larger train sets are generated sample by sample
+ORDER_BYTES_PER_SAMPLE = 8  # torch.randperm's int64 index per training sample
 JUMP_PROBABILITY = 1 / 16
 SPLIT_KEYS = {"train": 0, "val": 1, "test": 2}
 PROTOTYPE_KEY = 3  # random stream for the class prototypes / token cycle, apart from the samples
@@ -36,14 +38,18 @@ def load_synthetic(spec_text: str, want: DataSpec, *, seed: int = 0, samples: in
     if n_train < 1:
         raise UserError(f"synthetic data needs at least 1 sample, got {n_train}; give a positive number of samples")
     n_eval = max(1, n_train // 8)
-
+    sample_bytes = 4 * math.prod(shape) if kind == "image" else 2 * 8 * shape[0]  # float32 pixels; int64 x and y
+    require_memory(sample_bytes, f"one synthetic sample of shape {'x'.join(map(str, shape))}", "give a smaller shape")
+    # Even lazy data costs memory per sample: the training order, an int64 per sample, shuffled each epoch.
+    require_memory(
+        n_train * ORDER_BYTES_PER_SAMPLE,
+        f"--synthetic-samples {n_train} ({ORDER_BYTES_PER_SAMPLE} bytes per sample to shuffle the training set)",
+        "give fewer samples (the default is 2048; a few million are plenty to measure throughput)",
+    )
     if kind == "image":
         recipe = ImageRecipe(seed, shape, want.num_classes)
-        sample_bytes = 4 * math.prod(shape)
     else:
         recipe = TokenRecipe(seed, shape[0], want.num_classes)
-        sample_bytes = 2 * 8 * shape[0]  # x and y, int64
-
     lazy = n_train * sample_bytes >= IN_MEMORY_LIMIT_BYTES
     make = SyntheticSamples if lazy else in_memory
     return Splits(

@@ -13,11 +13,14 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from dlscale.data.guards import require_memory, require_regular_file
 from dlscale.data.splits import Splits
 from dlscale.errors import UserError
 
 VOCAB_SIZE = 256
 SNIFF_BYTES = 1 << 16
+# Memory per byte of text while the windows are cut: the bytes, an int64 copy, int64 x and y.
+LOAD_BYTES_PER_BYTE = 1 + 8 + 16
 
 
 def is_text_file(path: Path) -> bool:
@@ -36,7 +39,13 @@ def is_text_file(path: Path) -> bool:
 
 def load_text(path: Path, name: str, seq_len: int) -> Splits:
     """Windows of seq_len + 1 bytes from a contiguous 90/5/5 split of the file."""
+    require_regular_file(path)
     try:
+        require_memory(
+            path.stat().st_size * LOAD_BYTES_PER_BYTE,
+            f"{path} as byte tokens",
+            "use a machine with more memory or a shorter text",
+        )
         data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
     except OSError as error:
         raise UserError(f"cannot read {path} ({error.strerror}); check the path and its permissions") from None
