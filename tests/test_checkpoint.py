@@ -267,3 +267,77 @@ def test_plain_non_tensor_entries_still_round_trip(tmp_path):
     checkpoint.load_state(tmp_path / "checkpoints" / "step-1", target)
     assert target["optimizer"]["param_groups"][0]["lr"] == 0.5
     assert tuple(target["optimizer"]["param_groups"][0]["betas"]) == (0.9, 0.99)
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB file system (tmpfs): room for one checkpoint of the cnn, not two."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()}): needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_saving_is_one_error_line_and_the_previous_checkpoint_resumes(small_disk, tmp_path):
+    from conftest import last_json, run_cli
+
+    args = ["train", "--max-steps", "6", "--checkpoint-every", "2", "--precision", "fp32", "--no-channels-last"]
+    full = run_cli([*args, "--run-dir", str(small_disk / "run")], cwd=tmp_path)
+    assert full.returncode == 2, full.stderr[-2000:]
+    (line,) = full.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error: cannot save checkpoint step-4") and "its file system has 0." in line, line
+    assert "the previous checkpoint step-2 is kept" in line and "Traceback" not in full.stderr
+    checkpoints = small_disk / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-2"]  # no .step-4.tmp left
+
+    moved = tmp_path / "run"  # room again: the kept checkpoint resumes and the run ends
+    shutil.copytree(small_disk / "run", moved, symlinks=True)
+    (moved / ".lock").unlink()
+    resumed = run_cli(["train", "--resume", str(moved), "--json"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming at step 2" in resumed.stderr and last_json(resumed.stdout)["steps"] == 6
+
+
+def test_a_stale_temporary_folder_of_a_killed_save_is_removed_on_resume(trained_run, tmp_path):
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, symlinks=True)
+    stale = run / "checkpoints" / ".step-9.tmp"
+    stale.mkdir()
+    (stale / "__0_0.distcp").write_bytes(b"half")
+    resumed = run_cli(["train", "--resume", str(run), "--max-steps", "2"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not stale.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("garbage", ["not json {", "[1, 2]", '{"world_size": "two"}'])
+def test_a_garbage_meta_json_is_one_error_line_on_resume(victim, tmp_path, garbage):
+    from conftest import run_cli
+
+    run, path, marker = victim
+    (path / "meta.json").write_text(garbage)
+    _refused(run_cli(["train", "--resume", str(run)], cwd=tmp_path), path, marker)
+
+
+@pytest.mark.slow
+def test_a_garbage_line_in_metrics_is_one_error_line_on_resume(victim, tmp_path):
+    from conftest import run_cli
+
+    run, path, marker = victim
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], "\x00garbage", *lines[1:]]) + "\n")
+    before = (run / "metrics.jsonl").read_text()
+    result = run_cli(["train", "--resume", str(run)], cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {run / 'metrics.jsonl'} line 2 is not a metrics record")
+    assert (run / "metrics.jsonl").read_text() == before  # nothing lost

@@ -1,6 +1,9 @@
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from dlscale import __version__
 from dlscale.cli import build_parser, main
 
@@ -31,3 +34,24 @@ def test_json_is_the_last_stdout_line_and_human_output_goes_to_stderr(tmp_path, 
     out, err = capsys.readouterr()
     assert len(out.strip().splitlines()) == 1 and out.strip().startswith("{")
     assert "dlscale run summary" in err
+
+
+class _RefusingDataset(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        from dlscale.errors import UserError
+
+        raise UserError(f"image {index}.jpg is truncated; re-encode it")
+
+
+def test_a_user_error_from_a_dataloader_worker_is_said_in_one_line():
+    from dlscale.cli import _one_line
+    from dlscale.errors import UserError
+
+    loader = torch.utils.data.DataLoader(_RefusingDataset(), batch_size=2, num_workers=1)
+    with pytest.raises(UserError) as caught:
+        next(iter(loader))
+    assert "Traceback" in str(caught.value)  # how torch hands it back
+    assert _one_line(str(caught.value)) == "image 0.jpg is truncated; re-encode it"

@@ -1,4 +1,5 @@
 import json
+import os
 import math
 import stat
 
@@ -40,13 +41,91 @@ def test_metrics_truncate_after_drops_lines_past_the_checkpoint(tmp_path):
     assert [r["step"] for r in runs.read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
 
 
-def test_find_resumable_picks_the_newest_unfinished_run_with_a_checkpoint(tmp_path):
+def _run_with_checkpoint(path, model, data, when):
     from dlscale import checkpoint
 
-    old, new, done = (tmp_path / n for n in ("20260101T000000Z-cnn-digits", "20260102T000000Z-cnn-digits", "20260103T000000Z-cnn-digits"))
-    for run in (old, new, done):
-        checkpoint.save(run, 1, {"x": torch.ones(1)}, {"step": 1}, {}, keep=0)
+    checkpoint.save(path, 1, {"x": torch.ones(1)}, {"step": 1}, {}, keep=0)
+    (path / "config.toml").write_text(f'model = "{model}"\ndata = "{data}"\n')
+    os.utime(path / "checkpoints" / "step-1" / "meta.json", (when, when))
+
+
+def test_find_resumable_picks_the_unfinished_run_saved_last_whatever_its_model(tmp_path):
+    old, new, done = (tmp_path / n for n in ("a-old", "b-new", "c-done"))
+    _run_with_checkpoint(old, "cnn", "digits", 1000)
+    _run_with_checkpoint(new, "gpt-tiny", "synthetic", 2000)
+    _run_with_checkpoint(done, "cnn", "digits", 3000)
     (done / "summary.json").write_text("{}")
-    (tmp_path / "20260104T000000Z-mlp-digits").mkdir()
-    assert runs.find_resumable(tmp_path, "cnn", "digits") == new
-    assert runs.find_resumable(tmp_path, "resnet18", "digits") is None
+    (tmp_path / "d-no-checkpoint").mkdir()
+    assert runs.find_resumable(tmp_path) == new
+    assert runs.find_resumable(tmp_path, model="cnn") == old
+    assert runs.find_resumable(tmp_path, data="synthetic") == new
+    assert runs.find_resumable(tmp_path, model="resnet18") is None
+
+
+# --------------------------------------------------------------------------- one writer per run
+
+import socket
+import subprocess
+import sys
+import threading
+
+
+def _holder(path) -> subprocess.Popen:
+    """Another process that claims ``path`` and keeps it until killed."""
+    code = (
+        "import sys, time; from pathlib import Path; from dlscale import runs; "
+        f"runs.claim(Path({str(path)!r})); print('held', flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_claimed_run_is_refused_naming_the_process_and_host(tmp_path):
+    holder = _holder(tmp_path)
+    try:
+        with pytest.raises(UserError, match=f"in use by process {holder.pid} on host {socket.gethostname()}"):
+            runs.claim(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    runs.claim(tmp_path)  # the lock died with its process: no stale lock to clean
+    runs.release(tmp_path)
+
+
+def test_claim_new_checks_for_a_run_only_under_the_claim(tmp_path):
+    target = tmp_path / "r"
+    runs.claim_new(target)
+    (target / "config.toml").write_text("")
+    runs.release(target)
+    with pytest.raises(UserError, match="already holds a run"):
+        runs.claim_new(target)
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    made, barrier = [], threading.Barrier(8)
+
+    def start():
+        barrier.wait()
+        made.append(runs.unique_run_dir("cnn-digits", tmp_path, create=True))
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(made)) == 8 and all(p.is_dir() for p in made)
+
+
+def test_a_failed_fresh_run_leaves_nothing_but_a_resumable_one_is_kept(tmp_path):
+    from dlscale import checkpoint
+
+    fresh = runs.claim_fresh("cnn-digits", tmp_path)
+    (fresh / "config.toml").write_text("")
+    assert runs.abandon(fresh) and not fresh.exists()
+
+    given = tmp_path / "given"
+    runs.claim_new(given)
+    (given / "config.toml").write_text("")
+    checkpoint.save(given, 1, {"x": torch.ones(1)}, {"step": 1}, {}, keep=0)
+    assert not runs.abandon(given) and (given / "config.toml").exists()

@@ -199,3 +199,113 @@ def test_settings_left_open_on_cpu_are_measured_once_then_read_from_the_cache(tm
     lm = dlscale.fit("gpt-tiny", str(tmp_path / "book.txt"), max_steps=2, batch_size=8, run_dir=str(tmp_path / "d"),
                      verbose=False).summary
     assert set(lm["auto_settings"]["step_ms"]) == {"fp32", "bf16"} and lm["channels_last"] is False
+
+
+# --------------------------------------------------------------------------- one writer, resume, failures
+
+
+def _popen(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dlscale", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_metrics(run_dir: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+LONG_RUN = ["train", "--data", "synthetic:3x32x32", "--max-steps", "400", "--log-every", "1", "--precision", "fp32",
+            "--no-channels-last"]
+
+
+def test_a_second_writer_of_a_run_directory_is_refused_while_the_first_trains(tmp_path):
+    import socket
+
+    first = _popen([*LONG_RUN, "--run-dir", "r"], cwd=tmp_path)
+    try:
+        _wait_for_metrics(tmp_path / "r", first)
+        for args in (["train", "--max-steps", "2", "--run-dir", "r"], ["train", "--resume", "r"], ["train", "--resume", "auto", "--run-dir", "r"]):
+            second = run_cli(args, cwd=tmp_path)
+            assert second.returncode == 2, second.stderr
+            assert second.stderr.strip().splitlines() == [
+                f"error: run r is in use by process {first.pid} on host {socket.gethostname()}; "
+                "wait for it to end, or give another --run-dir"
+            ]
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM  # the first run was not disturbed: it saved on SIGTERM
+
+
+def test_three_runs_started_in_the_same_second_write_three_run_directories(tmp_path):
+    procs = [_popen(["train", "--model", "mlp", "--max-steps", "3", "--json"], cwd=tmp_path) for _ in range(3)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
+    dirs = {last_json(out)["run_dir"] for out, _ in outs}
+    assert len(dirs) == 3
+    for run in dirs:
+        steps = [r["step"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if r["kind"] == "train"]
+        assert steps == sorted(set(steps)) and steps[-1] == 3  # no interleaved lines
+
+
+def test_concurrent_resumes_of_one_run_train_it_once(tmp_path):
+    base = ["train", "--model", "mlp", "--max-steps", "200", "--checkpoint-every", "5", "--log-every", "1"]
+    proc = _popen([*base, "--run-dir", "r"], cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "r/checkpoints/step-5").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    resumers = [_popen(["train", "--resume", "r"], cwd=tmp_path) for _ in range(3)]
+    results = [(p, p.communicate(timeout=240)[1]) for p in resumers]
+    assert sum(p.returncode == 0 for p, _ in results) == 1, [err[-400:] for _, err in results]
+    for p, err in results:
+        if p.returncode:
+            assert p.returncode == 2 and ("is in use by process" in err or "has already finished" in err), err[-800:]
+    steps = [r["step"] for r in read_metrics(tmp_path / "r/metrics.jsonl") if r["kind"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 200
+
+
+def test_a_fresh_run_that_fails_before_a_checkpoint_can_be_rerun_with_the_same_run_dir(tmp_path):
+    diverging = ["train", "--model", "mlp", "--optimizer", "sgd", "--lr", "1e30", "--warmup-steps", "0",
+                 "--max-steps", "20", "--log-every", "1", "--run-dir", "r"]
+    failed = run_cli(diverging, cwd=tmp_path)
+    assert failed.returncode == 2 and "loss became" in failed.stderr
+    assert not (tmp_path / "r").exists()  # created by the run, removed with it
+    fixed = run_cli(["train", "--model", "mlp", "--max-steps", "3", "--run-dir", "r"], cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+
+
+def test_resume_auto_continues_the_newest_unfinished_run_whatever_its_model(tmp_path):
+    proc = _popen(["train", "--model", "gpt-tiny", "--data", "synthetic", "--max-steps", "100", "--log-every", "1"], cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("runs/*/metrics.jsonl")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    (interrupted,) = (tmp_path / "runs").iterdir()
+    resumed = run_cli(["train", "--resume", "auto", "--max-steps", "100", "--json"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"continuing runs/{interrupted.name}" in resumed.stderr
+    assert last_json(resumed.stdout)["model"] == "gpt-tiny"
+    again = run_cli(["train", "--resume", "auto", "--max-steps", "2"], cwd=tmp_path)
+    assert again.returncode == 0 and "no unfinished run with a checkpoint under runs/; starting a new run" in again.stderr
+
+
+def test_a_flag_that_would_change_a_resumed_run_is_refused_naming_it(tmp_path):
+    proc = _popen(["train", "--model", "mlp", "--max-steps", "300", "--log-every", "1", "--run-dir", "r"], cwd=tmp_path)
+    _wait_for_metrics(tmp_path / "r", proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    before = (tmp_path / "r/config.toml").read_text()
+    refused = run_cli(["train", "--resume", "r", "--lr", "0.5"], cwd=tmp_path)
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("error: --lr 0.5 would change run r") and "--config r/config.toml --lr 0.5" in line
+    assert (tmp_path / "r/config.toml").read_text() == before
+    same = run_cli(["train", "--resume", "r", "--model", "mlp", "--checkpoint-every", "50", "--json"], cwd=tmp_path)
+    assert same.returncode == 0, same.stderr[-2000:]  # the same value, and a flag that only says how to run

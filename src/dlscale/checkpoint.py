@@ -69,39 +69,95 @@ def save(
     root = checkpoints_dir(run_dir)
     final = root / f"step-{step}"
     tmp = root / f".step-{step}.tmp"
+    failure = None
     if dist.is_main():
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-save
-        tmp.mkdir()
-    dist.barrier()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-save
+            tmp.mkdir()
+        except OSError as exc:
+            failure = _innermost(exc)
+    _raise_if_any_failed([dist.broadcast(failure)], run_dir, tmp, step)
     # imported here, not at the top: torch.distributed.checkpoint takes ~0.5 s to import,
     # which every run would otherwise pay before its first step
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
-    with warnings.catch_warnings():  # DCP warns that one process "assumes" a single-process save
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
-    _fsynced_save(extra, tmp / f"extra-rank{dist.rank()}.pt")
-    dist.barrier()  # every shard and extra file is on disk
+    failure = None
+    try:
+        with warnings.catch_warnings():  # DCP warns that one process "assumes" a single-process save
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
+        _fsynced_save(extra, tmp / f"extra-rank{dist.rank()}.pt")
+    except (OSError, RuntimeError, CheckpointException) as exc:  # a full disk, a quota, a file system gone
+        failure = _innermost(exc)  # (torch's zip writer says "unexpected pos" where the OS said ENOSPC)
+    _raise_if_any_failed(dist.gather(failure), run_dir, tmp, step)  # every worker wrote its part, or none goes on
+    failure = None
     if dist.is_main():
-        with (tmp / "meta.json").open("w") as handle:
-            json.dump({"step": step, "world_size": dist.world_size(), **meta}, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _fsync_dir(tmp)
-        if final.exists():  # a resumed run passing a step it saved before the crash
-            stale = root / f".step-{step}.stale"
-            shutil.rmtree(stale, ignore_errors=True)
-            os.replace(final, stale)
-            os.replace(tmp, final)
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _point_latest(root, final.name)
-        _fsync_dir(root)
-        _prune(root, keep)
-    dist.barrier()
+        try:
+            _finish(root, tmp, final, step, meta, keep)
+        except OSError as exc:
+            failure = _innermost(exc)
+    _raise_if_any_failed([dist.broadcast(failure)], run_dir, tmp, step)
     return final
+
+
+def _finish(root: Path, tmp: Path, final: Path, step: int, meta: dict[str, Any], keep: int) -> None:
+    """Rank 0, once every shard is on disk: meta.json, then the rename that makes it count."""
+    with (tmp / "meta.json").open("w") as handle:
+        json.dump({"step": step, "world_size": dist.world_size(), **meta}, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    _fsync_dir(tmp)
+    if final.exists():  # a resumed run passing a step it saved before the crash
+        stale = root / f".step-{step}.stale"
+        shutil.rmtree(stale, ignore_errors=True)
+        os.replace(final, stale)
+        os.replace(tmp, final)
+        shutil.rmtree(stale, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _point_latest(root, final.name)
+    _fsync_dir(root)
+    _prune(root, keep)
+
+
+def _innermost(exc: BaseException) -> str:
+    """The reason under DCP's wrapping ("[Errno 28] No space left on device")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errno_lines = [line for line in lines if "Errno" in line]
+    return (errno_lines or lines or [type(exc).__name__])[-1][:240]
+
+
+def _raise_if_any_failed(failures: list[str | None], run_dir: Path, tmp: Path, step: int) -> None:
+    said = [f for f in failures if f]
+    if not said:
+        return
+    if dist.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written checkpoint is left behind
+    dist.barrier()
+    newest = newest_checkpoint(run_dir)
+    kept = f"the previous checkpoint {newest.name} is kept" if newest else "no earlier checkpoint exists"
+    try:
+        free = f"; its file system has {shutil.disk_usage(run_dir).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = ""
+    raise UserError(
+        f"cannot save checkpoint step-{step} in {checkpoints_dir(run_dir)} ({said[0]}){free}; {kept}; "
+        f"free some space, then continue with: dlscale train --resume {run_dir}"
+    )
+
+
+def remove_stale(run_dir: Path) -> None:
+    """Leftovers of a save that was killed half-way (the run's own process is gone)."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return
+    for entry in root.iterdir():
+        if re.match(r"^\.step-\d+\.(tmp|stale)$", entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.startswith(".latest.tmp-"):
+            entry.unlink(missing_ok=True)
 
 
 def _point_latest(root: Path, name: str) -> None:
@@ -137,7 +193,13 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / "meta.json").read_text())
+    try:
+        meta = json.loads((Path(path) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _unreadable(path, exc) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("world_size", 1), int):
+        raise UserError(f"checkpoint {path} cannot be read (its meta.json is not what dlscale writes); delete it to resume from an older one")
+    return meta
 
 
 # --------------------------------------------------------------------------- loading
@@ -213,8 +275,10 @@ def safe_planner():
     class SafePlanner(DefaultLoadPlanner):
         def create_local_plan(self) -> Any:
             plan = super().create_local_plan()
+            # parts not asked for (the optimizer, when only the model is loaded) are never read
+            asked = tuple(f"{key}." for key in self.original_state_dict)
             for fqn, entry in self.metadata.state_dict_metadata.items():
-                if isinstance(entry, BytesStorageMetadata) and fqn not in self.state_dict:
+                if isinstance(entry, BytesStorageMetadata) and fqn.startswith(asked) and fqn not in self.state_dict:
                     raise ValueError(f"it holds a pickled entry {fqn} that this run does not expect")
             return plan
 

@@ -16,6 +16,7 @@ from typing import NoReturn
 from dlscale import __version__
 from dlscale.commands import bench, compute, hw, lab, launch, predict, report, train
 from dlscale.errors import UserError
+from dlscale.signals import Stopped
 
 EXIT_USER_ERROR = 2
 
@@ -67,11 +68,24 @@ def _run(argv: list[str] | None) -> int:
             return EXIT_USER_ERROR
         return args.handler(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Stopped as exc:  # a signal asked the run to stop: it saved a checkpoint first
+        print(f"dlscale: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(message: str) -> str:
+    """A UserError raised in a DataLoader worker comes back as "Caught UserError in DataLoader
+    worker process 0." plus the worker's traceback: say only what the error said."""
+    lines = message.strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "Traceback" in message:
+        last = lines[-1]
+        return last.split(": ", 1)[1] if last.startswith(("dlscale.errors.UserError: ", "UserError: ")) else last
+    return message
 
 
 if __name__ == "__main__":

@@ -63,8 +63,23 @@ def shutdown() -> None:
             dist.barrier()
         except Exception:  # a peer already failed: nothing left to wait for
             pass
+        global _cpu_group
+        _cpu_group = None
         dist.destroy_process_group()
         gc.collect()  # release Gloo work objects while the interpreter is fully alive
+
+
+_cpu_group: Any = None
+
+
+def cpu_group() -> Any:
+    """A Gloo group over the same workers, for small host-side agreements (a stop request)
+    that should not synchronise a GPU stream; the default group when it is Gloo already.
+    A collective: every worker calls it at the same point."""
+    global _cpu_group
+    if _cpu_group is None:
+        _cpu_group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    return _cpu_group
 
 
 def barrier() -> None:

@@ -12,6 +12,7 @@ instead of launching again.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import uuid
 from dataclasses import dataclass
@@ -70,24 +71,52 @@ def run_workers(worker_args: list[str], plan: LaunchPlan, log_dir: Path) -> dict
         role="rank",
         log_line_prefix_template="[rank ${rank}] ",
         monitor_interval=0.2,
-        shutdown_timeout=10,  # seconds before the agent SIGKILLs workers that ignore SIGTERM (a frozen one)
+        # seconds a worker has, after SIGTERM, to save its checkpoint and stop before the agent
+        # SIGKILLs it (also what a frozen worker costs); SLURM's own grace (KillWait) is 30 s
+        shutdown_timeout=30,
         start_method="spawn",
         # every worker's output to its own file; local rank 0 also to this console
         logs_specs=DefaultLogsSpecs(log_dir=str(log_dir), redirects=Std.ALL, tee={0: Std.ALL}),
     )
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    def forward_usr1(signum: int, frame: object) -> None:
+        # the agent handles SIGTERM and SIGINT by passing them to the workers and waiting
+        # for them; SLURM's requeue signal (SIGUSR1) would otherwise end this process alone
+        raise SignalException(f"process {os.getpid()} got SIGUSR1", sigval=signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, forward_usr1)
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "dlscale", *worker_args)
     except ChildFailedError as failed:
         return {rank: failure.exitcode for rank, failure in failed.failures.items()}
+    except SignalException as exc:
+        raise LauncherSignalled(int(exc.sigval)) from None
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
     return {}
 
 
+class LauncherSignalled(Exception):
+    """The launcher got a stop signal; the agent passed it on and waited for the workers."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOPPED = "dlscale: stopped by "  # how a worker that saved and stopped on a signal says so
+
+
 def failure_line(log_dir: Path) -> str | None:
-    """The last ``error: ...`` line any worker wrote, to repeat on the launcher's console."""
+    """The last ``error: ...`` (or ``dlscale: stopped by ...``) line any worker wrote, to
+    repeat on the launcher's console."""
     lines = []
     for log in sorted(Path(log_dir).rglob("stderr.log")):
         try:
-            lines += [l for l in log.read_text(errors="replace").splitlines() if l.startswith("error: ")]
+            text = log.read_text(errors="replace").splitlines()
         except OSError:
             continue
-    return lines[-1] if lines else None
+        lines += [l for l in text if l.startswith("error: ") or l.startswith(STOPPED)]
+    stopped = [l for l in lines if l.startswith(STOPPED)]
+    return (stopped or lines or [None])[-1]

@@ -108,19 +108,181 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-.") or "data"
 
 
+def run_name(model: str, data: str) -> str:
+    return f"{_slug(model)}-{_slug(data)}"
+
+
 def default_run_dir(model: str, data: str, root: Path = Path("runs")) -> Path:
-    return unique_run_dir(f"{_slug(model)}-{_slug(data)}", root)
+    return unique_run_dir(run_name(model, data), root)
 
 
-def unique_run_dir(name: str, root: Path = Path("runs")) -> Path:
-    """``root/<UTC-time>-<name>``, with -2, -3, ... when that folder exists (not created)."""
+def unique_run_dir(name: str, root: Path = Path("runs"), create: bool = False) -> Path:
+    """``root/<UTC-time>-<name>``, with -2, -3, ... when that folder exists. With ``create``
+    the folder is made here, by an atomic ``mkdir``, so runs started in the same second
+    never pick the same one."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     base = root / f"{stamp}-{name}"
     candidate, n = base, 2
-    while candidate.exists():
+    while True:
+        if not candidate.exists():
+            if not create:
+                return candidate
+            try:
+                candidate.mkdir(parents=True)
+                return candidate
+            except FileExistsError:
+                pass  # another run took it between the look and the mkdir
+            except OSError as exc:
+                raise UserError(f"cannot create run directory {candidate}: {exc.strerror or exc}; give --run-dir a writable place") from None
         candidate = base.with_name(f"{base.name}-{n}")
         n += 1
-    return candidate
+
+
+# --------------------------------------------------------------------------- one writer per run
+#
+# A run directory is claimed for the life of the run by an exclusive lock on its `.lock`
+# file (flock: the operating system lets go when the process ends, however it ends, so
+# no stale lock is ever left). Workers started by `dlscale train --nproc N` share their
+# launcher's claim; under torchrun, SLURM or MPI, rank 0 claims it for the job. The nodes
+# of one multi-node job share the claim with shared locks.
+
+CLAIM_ENV = "DLSCALE_RUN_CLAIMED"  # the run directory a launcher claimed for its workers
+
+_claims: dict[Path, int] = {}  # claimed run directory -> the open file descriptor holding the lock
+_made: set[Path] = set()  # run directories this process created (removed whole if the run fails at once)
+_fresh: set[Path] = set()  # claimed for a fresh start (a resumed run is never removed)
+
+
+def claim(path: Path, shared: bool = False) -> None:
+    """Hold ``path`` for this run, or raise ``run X is in use by process N on host H``."""
+    import fcntl
+    import socket
+
+    path = Path(path)
+    key = path.resolve()
+    if key in _claims or os.environ.get(CLAIM_ENV) == str(key):
+        return
+    try:
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as exc:
+        raise UserError(f"cannot use run directory {path}: {exc.strerror or exc}; give --run-dir a writable place") from None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError:
+        _refuse_in_use(path, fd)
+    mark = f"{os.getpid()} {socket.gethostname()}\n".encode()
+    os.pwrite(fd, mark, 0)
+    os.ftruncate(fd, len(mark))
+    _claims[key] = fd
+
+
+def _refuse_in_use(path: Path, fd: int) -> None:
+    owner = os.pread(fd, 200, 0).decode(errors="replace").split()
+    os.close(fd)
+    pid, host = (owner + ["?", "?"])[:2]
+    raise UserError(
+        f"run {path} is in use by process {pid} on host {host}; wait for it to end, or give another --run-dir"
+    )
+
+
+def refuse_if_in_use(path: Path) -> None:
+    """Say who holds ``path``, without creating anything in it."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(path) / ".lock", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        _refuse_in_use(Path(path), fd)
+    os.close(fd)
+
+
+def claimed(path: Path) -> bool:
+    return Path(path).resolve() in _claims
+
+
+def release(path: Path) -> None:
+    _fresh.discard(Path(path).resolve())
+    fd = _claims.pop(Path(path).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor lets go of the lock
+
+
+def claim_new(path: Path, shared: bool = False) -> Path:
+    """Create (if needed) and claim the directory of a fresh run, refusing one that holds a
+    run: checked after the lock is held, so two runs given the same --run-dir cannot both
+    pass the check."""
+    path = Path(path)
+    if path.is_dir() and holds_run(path):  # refused as it is: nothing is added to another run
+        refuse_if_in_use(path)
+    check_new_run_dir(path)
+    if not path.exists():
+        try:
+            path.mkdir(parents=True)
+            _made.add(path.resolve())
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise UserError(f"cannot create run directory {path}: {exc.strerror or exc}; give --run-dir a writable place") from None
+    claim(path, shared=shared)
+    try:
+        check_new_run_dir(path)
+    except UserError:
+        release(path)
+        raise
+    _fresh.add(path.resolve())
+    return path
+
+
+def claim_fresh(name: str, root: Path = Path("runs")) -> Path:
+    """A new timestamped run directory, created atomically and claimed."""
+    path = unique_run_dir(name, root, create=True)
+    _made.add(path.resolve())
+    _fresh.add(path.resolve())
+    claim(path)
+    return path
+
+
+RUN_FILES = ("config.toml", "hardware.json", "metrics.jsonl", "summary.json")
+
+
+def abandon(path: Path) -> bool:
+    """After a failure: keep a run that can be resumed (it has a complete checkpoint) or
+    that was resumed; remove what a fresh run wrote before its first checkpoint, so the
+    corrected command can run again with the same --run-dir. Worker logs are kept to read.
+    True when the run was removed."""
+    path = Path(path)
+    key = path.resolve()
+    try:
+        if key not in _fresh or newest_checkpoint(path) is not None or not path.is_dir():
+            return False
+        import shutil
+
+        for name in RUN_FILES:
+            (path / name).unlink(missing_ok=True)
+        shutil.rmtree(path / "checkpoints", ignore_errors=True)
+        (path / ".lock").unlink(missing_ok=True)
+        if key in _made and not any(path.iterdir()):
+            path.rmdir()
+        return True
+    finally:
+        release(path)
+        _made.discard(key)
+        _fresh.discard(key)
+
+
+def abandon_claimed() -> None:
+    """``abandon`` every run this process claimed (its run failed)."""
+    for key in list(_claims):
+        abandon(key)
+
+
+def release_all() -> None:
+    for key in list(_claims):
+        release(key)
 
 
 def holds_run(path: Path) -> bool:
@@ -157,23 +319,28 @@ def create_run_dir(path: Path) -> Path:
     return path
 
 
-def find_resumable(root: Path, model: str, data: str) -> Path | None:
-    """The newest unfinished run under ``root`` for this model and data that has a checkpoint."""
+def find_resumable(root: Path, model: str | None = None, data: str | None = None) -> Path | None:
+    """The unfinished run under ``root`` with the most recent complete checkpoint, of any
+    model and data unless ``model``/``data`` narrow it (read from each run's config.toml)."""
+    import tomllib
+
     if not root.is_dir():
         return None
-    suffix = f"-{_slug(model)}-{_slug(data)}"
-    candidates = [
-        d
-        for d in root.iterdir()
-        if d.is_dir()
-        and re.sub(r"-\d+$", "", d.name).endswith(suffix)
-        and not (d / "summary.json").exists()
-        and (d / "checkpoints").is_dir()
-    ]
-    for run in sorted(candidates, key=lambda d: d.name, reverse=True):
-        if newest_checkpoint(run) is not None:
-            return run
-    return None
+    found = []
+    for run in root.iterdir():
+        if not run.is_dir() or (run / "summary.json").exists() or not (run / "config.toml").is_file():
+            continue
+        newest = newest_checkpoint(run)
+        if newest is None:
+            continue
+        try:
+            saved = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue  # not a run this version can read: never resumed by guesswork
+        if (model is not None and saved.get("model") != model) or (data is not None and saved.get("data") != data):
+            continue
+        found.append(((newest / "meta.json").stat().st_mtime, run.name, run))
+    return max(found)[2] if found else None
 
 
 class MetricsLog:
@@ -187,11 +354,19 @@ class MetricsLog:
         if not self.path.exists():
             return
         kept = []
-        for line in self.path.read_text().splitlines():
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for number, line in enumerate(lines, 1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut off by the crash
+                if number == len(lines):
+                    continue  # the last line, cut off by the crash
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+                raise UserError(
+                    f"{self.path} line {number} is not a metrics record written by dlscale ({line[:60]!r}); "
+                    "delete that line, then resume again"
+                )
             if record.get("step", 0) <= step:
                 kept.append(line)
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))

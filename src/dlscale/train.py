@@ -16,8 +16,10 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dlscale import autotune, checkpoint, config as config_mod, dist, runs
+from dlscale import autotune, checkpoint, config as config_mod, dist, memory, runs
 from dlscale.allocator import keep_freed_memory
 from dlscale.batches import BatchOrder, eval_batches, first_samples, train_batches
 from dlscale.cluster import ClusterEnv, detect
@@ -41,6 +43,7 @@ from dlscale.hardware import hw_report
 from dlscale.metrics import global_counts, utilisation
 from dlscale.models import ModelInfo, build_model, model_info
 from dlscale.progress import TrainProgress
+from dlscale.signals import LAUNCHER_PID_ENV, StopRequests, Stopped, die_with_launcher, name as signal_name
 from dlscale.step import Stepper, build_stepper, effective_lr, to_device, train_step
 from dlscale.timing import StepTimer
 
@@ -104,16 +107,22 @@ def train(
                 "script under torchrun, or give zoo and data names"
             )
         return launch_training(config, overrides or {}, progress or TrainProgress(None))
+    die_with_launcher()
     device = resolve_device(config.device, env.local_rank)
     dist.init(env, device, config.timeout)
     try:
         return _train(config, overrides or {}, env, device, model, data, progress or TrainProgress(None))
     except (RuntimeError, dist.DistError) as exc:
+        runs.abandon_claimed()
         failure = dist.collective_failure(exc, config.timeout)
         if failure is not None:
             raise failure from None
         raise
+    except BaseException:
+        runs.abandon_claimed()  # a fresh run that failed before its first checkpoint leaves nothing behind
+        raise
     finally:
+        runs.release_all()
         dist.shutdown()
 
 
@@ -150,11 +159,12 @@ def _train(
     # with several workers a frozen or dead peer ends the job after --timeout, never a hang
     device = job.stepper.device
     power = PowerSampler(device.index or 0) if device.type == "cuda" else contextlib.nullcontext()
-    with dist.Watchdog(cfg.timeout) as watchdog, power, contextlib.ExitStack() as cleanup:
+    stop: int | None = None  # the signal every worker agreed to stop on (SIGTERM, SIGINT, SIGUSR1)
+    with dist.Watchdog(cfg.timeout) as watchdog, power, StopRequests() as requests, contextlib.ExitStack() as cleanup:
         cleanup.callback(progress.stop)
         cleanup.enter_context(keep_freed_memory(device.type == "cpu"))  # no page faults for reused buffers
         job.pet = watchdog.pet
-        while step < job.total_steps:
+        while step < job.total_steps and stop is None:
             epoch, first = divmod(step, spe)
             epoch_losses: list[torch.Tensor] = []
             for x, y in timer.waiting_for(train_batches(job.splits.train, job.order, epoch, first, cfg.workers)):
@@ -171,12 +181,18 @@ def _train(
                 if checkpoint_now and step < job.total_steps:
                     save_checkpoint(job, step, timer, loop_start, wall_start)
                     timer.restart(step, samples)
-                if step == job.total_steps:
+                stop = requests.agreed()  # a signal: finish this step, save, stop (all workers at one step)
+                if step == job.total_steps or stop is not None:
                     break
-            if cfg.eval_every_epoch and job.splits.val is not None:
+            if cfg.eval_every_epoch and job.splits.val is not None and stop is None:
                 run_validation(job, step, epoch, epoch_losses, loop_start, progress)
                 timer.restart(step, samples)
         progress.stop()
+        if stop is not None and step < job.total_steps:
+            if window:  # the metrics line of the steps since the last one
+                last_loss = log_interval(job, timer, window, step, samples, progress)
+            save_checkpoint(job, step, timer, loop_start, wall_start)
+            raise Stopped(_stopped_message(job, step, stop), stop)
         save_checkpoint(job, step, timer, loop_start, wall_start)
         test_loss, test_accuracy = evaluate(job, job.splits.test)
     job.carried["energy_kwh"] = _energy(job, power)
@@ -203,14 +219,24 @@ def launch_training(config: TrainConfig, overrides: dict[str, Any], progress: Tr
     agent start the workers, each running ``dlscale train --resume RUN_DIR``: they read
     config.toml, start fresh when it has no checkpoint yet, and resume from the newest one
     when the agent restarts them after a failure."""
-    from dlscale.launch import LaunchPlan, failure_line, run_workers
-
     if config.nnodes > 1 and not config.run_dir and config.resume in (None, "auto"):
         raise UserError("with --nnodes above 1 give --run-dir on a file system every node shares")
     if config.nnodes > 1 and config.resume is None and _joins_run_of_another_node(config):
         run_dir = Path(config.run_dir)  # another node's launcher created it for this same job
     else:
         config, run_dir, _ = locate_run(config, overrides)  # a resumed run's config.toml, with the flags on top
+    try:
+        return _launch_workers(config, run_dir, progress)
+    except BaseException:
+        runs.abandon_claimed()  # a fresh run whose workers failed before a checkpoint leaves only its logs
+        raise
+    finally:
+        runs.release_all()
+
+
+def _launch_workers(config: TrainConfig, run_dir: Path, progress: TrainProgress) -> TrainResult:
+    from dlscale.launch import STOPPED, LaunchPlan, LauncherSignalled, failure_line, run_workers
+
     world = config.nproc * config.nnodes
     if config.batch_size % world:
         raise UserError(
@@ -226,10 +252,28 @@ def launch_training(config: TrainConfig, overrides: dict[str, Any], progress: Tr
         master_addr=config.master_addr, master_port=config.master_port, max_restarts=config.max_restarts,
     )
     progress.print(f"dlscale: starting {world} workers ({config.nproc} per node) through torchrun's elastic agent → {run_dir}")
-    failed = run_workers(["train", "--resume", str(run_dir)], plan, log_dir=run_dir / "logs")
+    # the workers share this launcher's claim on the run, and die with it
+    shared = {runs.CLAIM_ENV: str(run_dir.resolve()), LAUNCHER_PID_ENV: str(os.getpid())}
+    previous = {key: os.environ.get(key) for key in shared}
+    os.environ.update(shared)
+    try:
+        failed = run_workers(["train", "--resume", str(run_dir)], plan, log_dir=run_dir / "logs")
+    except LauncherSignalled as signalled:  # the workers saved and stopped (or were killed after the grace)
+        said = failure_line(run_dir / "logs") or ""
+        if said.startswith(STOPPED):
+            raise Stopped(said[len("dlscale: "):], signalled.signum) from None
+        raise Stopped(f"stopped by {signal_name(signalled.signum)} before the workers saved a checkpoint", signalled.signum) from None
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     if failed:
         first = min(failed)
         said = failure_line(run_dir / "logs")
+        if said and said.startswith(STOPPED):  # a worker got the signal, not this launcher
+            raise Stopped(said[len("dlscale: "):], failed[first] - 128)
         reason = said[len("error: "):] if said else f"see its log under {run_dir / 'logs'}"
         raise UserError(f"worker rank {first} failed (exit code {failed[first]}): {reason}")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -374,6 +418,11 @@ def setup(
     use_cuda = device.type == "cuda"
     conv = info.conv if info is not None else any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     precision, channels_last, tuned = autotune.settings_for_run(config, device, model, splits, conv, model_name, world)
+    memory.check_batch_fits(  # a batch that cannot fit is refused now, not killed by the OOM killer later
+        model, example_x, example_y, batch_size=config.batch_size, workers=world, local_workers=env.local_world_size,
+        grad_accum=config.grad_accum, device=device, precision=precision,
+        compiled=use_cuda if config.compile is None else config.compile, sharded=config.strategy == "fsdp",
+    )
     base_lr = config.lr or (1e-3 if config.optimizer == "adamw" else 0.1)
     warmup = config.warmup_steps if config.warmup_steps is not None else total_steps // 20
     if config.scale_lr and config.warmup_steps is None:  # Goyal et al. 2017 warm up over 5 epochs
@@ -402,9 +451,8 @@ def setup(
         tuned=tuned,
     )
     start_step = restore_checkpoint(job, resume_from) if resume_from else 0
-    if dist.is_main():
-        job.metrics.truncate_after(start_step)
-    dist.barrier()
+    # rank 0 drops the lines logged after the checkpoint; a corrupt file stops every worker
+    dist.on_main(lambda: job.metrics.truncate_after(start_step))
     return job, start_step
 
 
@@ -449,7 +497,13 @@ def locate_run(config: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainCon
         if config.run_dir and runs.holds_run(Path(config.run_dir)):
             candidate = Path(config.run_dir)
         elif not config.run_dir:
-            candidate = runs.find_resumable(Path("runs"), config.model, config.data)
+            # the newest unfinished run, whatever its model, unless --model/--data narrow it
+            candidate = runs.find_resumable(Path("runs"), overrides.get("model"), overrides.get("data"))
+            _say(
+                f"dlscale: --resume auto: continuing {candidate}, the newest unfinished run under runs/"
+                if candidate else
+                "dlscale: --resume auto: no unfinished run with a checkpoint under runs/; starting a new run"
+            )
     elif config.resume is not None:
         candidate = Path(config.resume)
         if not candidate.is_dir() or not (candidate / "config.toml").is_file():
@@ -457,20 +511,53 @@ def locate_run(config: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainCon
                 f"--resume {config.resume}: no run there (no config.toml); give a run directory "
                 "such as runs/<timestamp>-<model>-<data>, or --resume auto"
             )
+    shared = config.nnodes > 1  # the launchers of one multi-node job share the claim
     if candidate is None:
-        run_dir = Path(config.run_dir) if config.run_dir else runs.default_run_dir(config.model, config.data)
-        runs.check_new_run_dir(run_dir)  # created only once the model and data are known to be fine
+        if config.run_dir:
+            run_dir = runs.claim_new(Path(config.run_dir), shared=shared)
+        else:
+            run_dir = runs.claim_fresh(runs.run_name(config.model, config.data))
         return config.replace(resume=None), run_dir, None
-    if (candidate / "summary.json").exists():
+    _refuse_finished(candidate)
+    runs.claim(candidate, shared=shared)
+    _refuse_finished(candidate)  # checked again under the claim: a run may have just finished
+    checkpoint.remove_stale(candidate)  # a save killed half-way left its temporary folder
+    saved = config_mod.read_toml(candidate / "config.toml")
+    _refuse_changes(candidate, config_mod.build(saved), overrides)
+    resumed = config_mod.build(saved, **{**overrides, "run_dir": str(candidate), "resume": str(candidate)})
+    return resumed, candidate, checkpoint.newest_checkpoint(candidate)
+
+
+# Flags that say how to run, not what: a resumed run may take new values for these.
+RESUMABLE_WITH = (
+    "resume", "run_dir", "nproc", "nnodes", "node_rank", "rdzv_endpoint", "master_addr", "master_port",
+    "max_restarts", "timeout", "workers", "log_every", "checkpoint_every", "keep_checkpoints", "device",
+)
+
+
+def _refuse_changes(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]) -> None:
+    """A resumed run keeps its experiment: a flag that would change it is refused, naming
+    the flag, instead of being written into config.toml and silently not applied."""
+    for key, value in overrides.items():
+        if key in RESUMABLE_WITH or getattr(saved, key, value) == value:
+            continue
+        flag = "--" + key.replace("_", "-")
         raise UserError(
-            f"run {candidate} has already finished (its summary.json is there) and is kept as it is; "
+            f"{flag} {value} would change run {run_dir}, which has {key} = {getattr(saved, key)!r}; a resumed run "
+            f"keeps its configuration: drop {flag}, or start a new run with --config {run_dir / 'config.toml'} {flag} {value}"
+        )
+
+
+def _refuse_finished(run_dir: Path) -> None:
+    if (run_dir / "summary.json").exists():
+        raise UserError(
+            f"run {run_dir} has already finished (its summary.json is there) and is kept as it is; "
             "start a new run with another --run-dir"
         )
-    resumed = config_mod.build(
-        config_mod.read_toml(candidate / "config.toml"),
-        **{**overrides, "run_dir": str(candidate), "resume": str(candidate)},
-    )
-    return resumed, candidate, checkpoint.newest_checkpoint(candidate)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _want(info: ModelInfo | None) -> DataSpec:
@@ -576,16 +663,23 @@ def restore_checkpoint(job: Job, path: Path) -> int:
             "resume with the model and data the run was started with"
         ) from None
     extra = checkpoint.load_extra(path, dist.rank())
-    s.scheduler.load_state_dict(extra["scheduler"])
-    if s.scaler is not None and extra["scaler"]:
-        s.scaler.load_state_dict(extra["scaler"])
     saved_world = checkpoint.read_meta(path).get("world_size", 1)
-    if saved_world == dist.world_size():  # the same workers: each continues its own random stream
-        set_rng_state(extra["rng"])
-    carried = dict(extra["carried"])
-    carried["wall_seconds_before"] = carried.pop("wall_seconds", 0.0)
+    try:
+        s.scheduler.load_state_dict(extra["scheduler"])
+        if s.scaler is not None and extra["scaler"]:
+            s.scaler.load_state_dict(extra["scaler"])
+        if saved_world == dist.world_size():  # the same workers: each continues its own random stream
+            set_rng_state(extra["rng"])
+        carried = dict(extra["carried"])
+        carried["wall_seconds_before"] = float(carried.pop("wall_seconds", 0.0))
+        step = int(extra["step"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:  # plain data, but not ours
+        raise UserError(
+            f"checkpoint {path} cannot be read (its extra-rank file is not what dlscale writes: "
+            f"{type(exc).__name__} {str(exc)[:80]}); delete it to resume from an older one"
+        ) from None
     job.carried = carried
-    return int(extra["step"])
+    return step
 
 
 # --------------------------------------------------------------------------- summary
@@ -673,6 +767,13 @@ def _header(job: Job, start_step: int) -> str:
         source = "cached measurement" if job.tuned["cached"] else "measured now, cached"
         header += f"\n         settings left on auto, fastest on this CPU ({source}): {timings}"
     return header
+
+
+def _stopped_message(job: Job, step: int, signum: int) -> str:
+    return (
+        f"stopped by {signal_name(signum)} after step {step} of {job.total_steps}: checkpoint saved in "
+        f"{checkpoint.checkpoints_dir(job.run_dir) / f'step-{step}'}; continue with: dlscale train --resume {job.run_dir}"
+    )
 
 
 def _divergence_message(job: Job, step: int, value: float) -> str:
