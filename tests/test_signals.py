@@ -149,3 +149,14 @@ def test_workers_of_a_killed_launcher_save_and_stop_instead_of_training_on(tmp_p
         time.sleep(0.1)
     assert len(_saved_steps(tmp_path / "orphans")) == 1  # they saved on the way out
     assert not (tmp_path / "orphans" / "summary.json").exists()
+
+
+def test_sigusr1_to_a_launcher_is_passed_on_and_its_workers_save(tmp_path):
+    """SLURM's `--signal=USR1@60` reaches the launcher; the elastic agent alone would not pass it on."""
+    proc = _start([*TWO, "--run-dir", "cut"], cwd=tmp_path)
+    _wait_for_step(tmp_path / "cut", 10, proc)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGUSR1, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("dlscale: stopped by SIGUSR1 after step")
+    assert len(_saved_steps(tmp_path / "cut")) == 1
