@@ -341,3 +341,48 @@ def test_a_garbage_line_in_metrics_is_one_error_line_on_resume(victim, tmp_path)
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {run / 'metrics.jsonl'} line 2 is not a metrics record")
     assert (run / "metrics.jsonl").read_text() == before  # nothing lost
+
+
+# --------------------------------------------------------------------------- found by an attack review
+
+
+def test_metadata_may_not_rewrite_an_allowed_class_or_function(tmp_path):
+    """BUILD on an allowed global would setattr on it for the whole process
+    (``PosixPath.__fspath__`` redirected every later file write)."""
+    import io
+    import pathlib
+
+    payload = (b"\x80\x04" + _short_unicode("pathlib") + _short_unicode("PosixPath") + b"\x93"
+               + b"N}" + _short_unicode("__fspath__") + _short_unicode("x") + b"s\x86" + b"b.")  # (None, {...}), BUILD
+    with pytest.raises(pickle.UnpicklingError, match="sets the state of type"):
+        _MetadataUnpickler(io.BytesIO(payload)).load()
+    assert not isinstance(pathlib.PosixPath.__fspath__, str)
+    pickle._Unpickler(io.BytesIO(payload)).load()  # what plain pickle would have done to the process
+    assert pathlib.PosixPath.__fspath__ == "x"
+    del pathlib.PosixPath.__fspath__
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["absolute", "parent", "fifo", "past-the-end"])
+def test_an_entry_outside_the_checkpoint_files_is_refused(victim, tmp_path, where):
+    from conftest import run_cli
+
+    run, path, marker = victim
+    with (path / ".metadata").open("rb") as handle:
+        metadata = _MetadataUnpickler(handle).load()
+    info = next(iter(metadata.storage_data.values()))
+    outside = tmp_path / "outside.pt"
+    outside.write_bytes(b"x" * 64)
+    if where == "absolute":
+        info.relative_path = str(outside)
+    elif where == "parent":
+        info.relative_path = "../../../outside.pt"
+    elif where == "fifo":
+        os.mkfifo(path / "pipe.distcp")
+        info.relative_path = "pipe.distcp"
+    else:
+        info.offset = (path / info.relative_path).stat().st_size
+    with (path / ".metadata").open("wb") as handle:
+        pickle.dump(metadata, handle)
+    result = run_cli(["train", "--resume", str(run)], cwd=tmp_path, timeout=120)  # a FIFO would block for ever
+    _refused(result, path, marker)

@@ -238,3 +238,19 @@ def test_report_renders_in_chromium(report, tmp_path):
     assert high - low > 100, "the screenshot is blank"
     dark = sum(histogram[:128]) / sum(histogram)
     assert 0.002 < dark < 0.6, f"implausible share of dark pixels: {dark:.4f}"
+
+
+def test_a_tampered_run_gives_a_report_not_a_traceback(inputs, tmp_path):
+    """JSON lines that are not records and summary values of the wrong type are passed over."""
+    import shutil
+
+    from dlscale.report.html import build_report
+
+    run = tmp_path / "run"
+    shutil.copytree(inputs["run"], run, symlinks=True)
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write("null\n[1, 2]\n")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "mfu": [1]}))
+    out = build_report([run], tmp_path / "r.html")
+    assert "MFU" not in out.read_text().split("<h3>summary</h3>")[0]

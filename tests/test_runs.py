@@ -129,3 +129,35 @@ def test_a_failed_fresh_run_leaves_nothing_but_a_resumable_one_is_kept(tmp_path)
     (given / "config.toml").write_text("")
     checkpoint.save(given, 1, {"x": torch.ones(1)}, {"step": 1}, {}, keep=0)
     assert not runs.abandon(given) and (given / "config.toml").exists()
+
+
+def test_a_lock_that_is_a_symbolic_link_or_a_fifo_is_refused_and_nothing_is_written(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(victim)
+    with pytest.raises(UserError, match="symbolic link"):
+        runs.claim(run)
+    assert victim.read_text() == "the user's file"
+    (run / ".lock").unlink()
+    os.mkfifo(run / ".lock")
+    with pytest.raises(UserError, match="not a plain file"):
+        runs.claim(run)
+    (run / "config.toml").write_text("")
+    with pytest.raises(UserError, match="not a plain file"):  # asking who holds it must not block either
+        runs.refuse_if_in_use(run)
+
+
+def test_a_failed_run_in_a_folder_the_user_gave_removes_only_what_it_wrote(tmp_path):
+    project = tmp_path / "project"
+    (project / "checkpoints" / "mine").mkdir(parents=True)
+    (project / "checkpoints" / "mine" / "weights.bin").write_text("precious")
+    (project / "metrics.jsonl").write_text("{}\n")
+    (project / "train.py").write_text("code")
+    runs.claim_new(project)
+    (project / "config.toml").write_text("")
+    (project / "hardware.json").write_text("{}")
+    assert runs.abandon(project)
+    assert sorted(p.name for p in project.iterdir()) == ["checkpoints", "metrics.jsonl", "train.py"]
+    assert (project / "checkpoints" / "mine" / "weights.bin").read_text() == "precious"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -237,11 +238,32 @@ def _allowed(module: str, name: str) -> bool:
     return module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
 
 
-class _MetadataUnpickler(pickle.Unpickler):
+class _MetadataUnpickler(pickle._Unpickler):  # the Python unpickler: its BUILD can be checked
+    """Names only from the allow-list, and state set only on *instances* of those classes:
+    pickle's BUILD calls setattr on whatever is on the stack, so a crafted file could
+    otherwise rewrite an allowed class or function (``PosixPath.__fspath__``) for the rest
+    of the process."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def find_class(self, module: str, name: str) -> Any:
         if not _allowed(module, name):
             raise pickle.UnpicklingError(f"its .metadata names {module}.{name}, which a checkpoint never needs")
         return super().find_class(module, name)
+
+    def load_build(self) -> None:
+        target, state = self.stack[-2], self.stack[-1]
+        allowed = {pickle._Unpickler.find_class(self, m, n) for m, n in _METADATA_GLOBALS}
+        if isinstance(target, type) or type(target) not in allowed:
+            raise pickle.UnpicklingError(f"its .metadata sets the state of {type(target).__name__}, which a checkpoint never does")
+        if "__setstate__" not in vars(type(target)):  # (TensorProperties reads its own tuple)
+            if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
+                state = state[0]
+            if not isinstance(state, dict) or not all(isinstance(k, str) and not k.startswith("__") for k in state):
+                raise pickle.UnpicklingError("its .metadata holds an object state that is not plain data")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def safe_reader(path: Path):
@@ -250,13 +272,37 @@ def safe_reader(path: Path):
 
     class SafeReader(FileSystemReader):
         def read_metadata(self, *args: Any, **kwargs: Any):
-            with (Path(self.path) / ".metadata").open("rb") as handle:
+            folder = Path(self.path)
+            with (folder / ".metadata").open("rb") as handle:
                 metadata = _MetadataUnpickler(handle).load()
+            _check_storage(folder, metadata)
             if getattr(metadata, "storage_meta", None) is not None:
                 metadata.storage_meta.load_id = self.load_id
             return metadata
 
     return SafeReader(Path(path))
+
+
+def _check_storage(folder: Path, metadata: Any) -> None:
+    """Every entry lies inside a shard file of this checkpoint: never a path outside it
+    (an absolute path, ``..``), a FIFO that blocks, or bytes past the end of the file."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data, dict):
+        raise pickle.UnpicklingError("its .metadata is not DCP's metadata")
+    sizes: dict[str, int] = {}
+    for info in metadata.storage_data.values():
+        name = getattr(info, "relative_path", None)
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+            raise pickle.UnpicklingError(f"an entry points at {name!r}, outside the checkpoint's own files")
+        if name not in sizes:
+            shard = folder / name
+            if shard.is_symlink() or not shard.is_file():
+                raise pickle.UnpicklingError(f"an entry points at {name}, which is not a plain file of the checkpoint")
+            sizes[name] = shard.stat().st_size
+        offset, length = getattr(info, "offset", None), getattr(info, "length", None)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (offset, length)) or offset + length > sizes[name]:
+            raise pickle.UnpicklingError(f"an entry lies outside its shard file {name}")
 
 
 def safe_planner():
@@ -299,7 +345,7 @@ def safe_planner():
                         reason = line.strip()
                         break
                 raise ValueError(f"its entry {fqn} is not plain data ({reason[:160]})") from None
-            if not _same_kind(loaded, expected):
+            if not same_kind(loaded, expected):
                 raise ValueError(
                     f"its entry {fqn} holds a {type(loaded).__name__} where this run expects a {type(expected).__name__}"
                 )
@@ -311,15 +357,26 @@ def safe_planner():
     return SafePlanner()
 
 
-def _same_kind(loaded: Any, expected: Any) -> bool:
-    """Plain values keep their kind: a number stays a number, a list of names a list."""
+def same_kind(loaded: Any, expected: Any) -> bool:
+    """Plain values keep their kind, all the way down: a number stays a number, a pair of
+    numbers a pair of numbers, a dict keeps its keys."""
     numbers = (int, float)
     if isinstance(expected, bool) or isinstance(loaded, bool):
         return type(loaded) is type(expected)
     if isinstance(expected, numbers):
-        return isinstance(loaded, numbers)
+        return isinstance(loaded, numbers) and (not isinstance(loaded, float) or math.isfinite(loaded) or not math.isfinite(expected))
+    if isinstance(expected, torch.Tensor):
+        return isinstance(loaded, torch.Tensor) and loaded.dtype == expected.dtype
     if isinstance(expected, (list, tuple)):
-        return isinstance(loaded, (list, tuple))
+        if not isinstance(loaded, (list, tuple)):
+            return False
+        if isinstance(expected, tuple) or (expected and len({type(e) for e in expected}) > 1):
+            return len(loaded) == len(expected) and all(same_kind(a, b) for a, b in zip(loaded, expected))
+        return not expected or all(same_kind(a, expected[0]) for a in loaded)  # a list of like items, any length
+    if isinstance(expected, dict):
+        return isinstance(loaded, dict) and loaded.keys() == expected.keys() and all(
+            same_kind(loaded[k], expected[k]) for k in expected
+        )
     return type(loaded) is type(expected)
 
 
@@ -329,6 +386,7 @@ def _unreadable(path: Path, exc: BaseException) -> UserError:
     if isinstance(exc, CheckpointException):  # DCP wraps each rank's error: say the innermost reason
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = lines[-1] if lines else "unknown"
+        reason = reason.rsplit("read failed: ", 1)[-1]  # DCP repeats the metadata error per attempt
         return UserError(f"checkpoint {path} cannot be read ({reason[:240]}); delete it to resume from an older one")
     return UserError(
         f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "

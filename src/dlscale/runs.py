@@ -13,9 +13,11 @@ leaves a half-written file where a complete one is expected.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 import re
 import tempfile
 from datetime import datetime, timezone
@@ -151,6 +153,7 @@ CLAIM_ENV = "DLSCALE_RUN_CLAIMED"  # the run directory a launcher claimed for it
 _claims: dict[Path, int] = {}  # claimed run directory -> the open file descriptor holding the lock
 _made: set[Path] = set()  # run directories this process created (removed whole if the run fails at once)
 _fresh: set[Path] = set()  # claimed for a fresh start (a resumed run is never removed)
+_found: dict[Path, set[str]] = {}  # what a given --run-dir held before the run: never removed
 
 
 def claim(path: Path, shared: bool = False) -> None:
@@ -162,10 +165,7 @@ def claim(path: Path, shared: bool = False) -> None:
     key = path.resolve()
     if key in _claims or os.environ.get(CLAIM_ENV) == str(key):
         return
-    try:
-        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
-    except OSError as exc:
-        raise UserError(f"cannot use run directory {path}: {exc.strerror or exc}; give --run-dir a writable place") from None
+    fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except OSError:
@@ -174,6 +174,23 @@ def claim(path: Path, shared: bool = False) -> None:
     os.pwrite(fd, mark, 0)
     os.ftruncate(fd, len(mark))
     _claims[key] = fd
+
+
+def _open_lock(path: Path, flags: int) -> int:
+    """The run's .lock, refused unless it is a plain file of its own: a symbolic link there
+    would have the owner line written into whatever file it names, a FIFO would block."""
+    lock = Path(path) / ".lock"
+    try:
+        fd = os.open(lock, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666 & ~_UMASK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{lock} is a symbolic link, which dlscale never makes; remove it, then run again") from None
+        raise UserError(f"cannot use run directory {path}: {exc.strerror or exc}; give --run-dir a writable place") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise UserError(f"{lock} is not a plain file (a FIFO, device or hard link); remove it, then run again")
+    return fd
 
 
 def _refuse_in_use(path: Path, fd: int) -> None:
@@ -189,10 +206,9 @@ def refuse_if_in_use(path: Path) -> None:
     """Say who holds ``path``, without creating anything in it."""
     import fcntl
 
-    try:
-        fd = os.open(Path(path) / ".lock", os.O_RDONLY)
-    except OSError:
+    if not os.path.lexists(Path(path) / ".lock"):
         return
+    fd = _open_lock(Path(path), os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
@@ -227,6 +243,7 @@ def claim_new(path: Path, shared: bool = False) -> Path:
             pass
         except OSError as exc:
             raise UserError(f"cannot create run directory {path}: {exc.strerror or exc}; give --run-dir a writable place") from None
+    found = set(os.listdir(path))
     claim(path, shared=shared)
     try:
         check_new_run_dir(path)
@@ -234,6 +251,7 @@ def claim_new(path: Path, shared: bool = False) -> Path:
         release(path)
         raise
     _fresh.add(path.resolve())
+    _found[path.resolve()] = found
     return path
 
 
@@ -261,17 +279,23 @@ def abandon(path: Path) -> bool:
             return False
         import shutil
 
-        for name in RUN_FILES:
-            (path / name).unlink(missing_ok=True)
-        shutil.rmtree(path / "checkpoints", ignore_errors=True)
-        (path / ".lock").unlink(missing_ok=True)
-        if key in _made and not any(path.iterdir()):
-            path.rmdir()
+        found = _found.get(key, set())  # the user's own files in a --run-dir they gave stay
+        for name in (*RUN_FILES, ".lock"):
+            if name not in found:
+                (path / name).unlink(missing_ok=True)
+        if "checkpoints" not in found and not (path / "checkpoints").is_symlink():
+            shutil.rmtree(path / "checkpoints", ignore_errors=True)
+        if key in _made:
+            try:
+                path.rmdir()  # only when nothing else is left (worker logs stay)
+            except OSError:
+                pass
         return True
     finally:
         release(path)
         _made.discard(key)
         _fresh.discard(key)
+        _found.pop(key, None)
 
 
 def abandon_claimed() -> None:
@@ -378,4 +402,6 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of metrics.jsonl; a line that is JSON but not an object is no record."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [record for record in records if isinstance(record, dict)]

@@ -665,6 +665,7 @@ def restore_checkpoint(job: Job, path: Path) -> int:
     extra = checkpoint.load_extra(path, dist.rank())
     saved_world = checkpoint.read_meta(path).get("world_size", 1)
     try:
+        _check_extra(extra, s)
         s.scheduler.load_state_dict(extra["scheduler"])
         if s.scaler is not None and extra["scaler"]:
             s.scaler.load_state_dict(extra["scaler"])
@@ -673,13 +674,29 @@ def restore_checkpoint(job: Job, path: Path) -> int:
         carried = dict(extra["carried"])
         carried["wall_seconds_before"] = float(carried.pop("wall_seconds", 0.0))
         step = int(extra["step"])
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:  # plain data, but not ours
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as exc:  # not ours
         raise UserError(
             f"checkpoint {path} cannot be read (its extra-rank file is not what dlscale writes: "
             f"{type(exc).__name__} {str(exc)[:80]}); delete it to resume from an older one"
         ) from None
     job.carried = carried
     return step
+
+
+def _check_extra(extra: Any, stepper: Stepper) -> None:
+    """A worker's extra state is plain data (weights_only) but may still not be what dlscale
+    wrote: the schedule must have the shape of this run's, counters must be finite numbers."""
+    if not isinstance(extra, dict) or not checkpoint.same_kind(extra.get("scheduler"), stepper.scheduler.state_dict()):
+        raise ValueError("its schedule is not this run's")
+    step = extra.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"its step is {step!r}")
+    carried = extra.get("carried")
+    if not isinstance(carried, dict) or not all(
+        value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+        for value in carried.values()
+    ):
+        raise ValueError("its carried totals are not finite numbers")
 
 
 # --------------------------------------------------------------------------- summary

@@ -289,7 +289,7 @@ def _run_section(item: Item, plot: _Plotter) -> str:
         headline.append(f"test accuracy {100 * acc:.2f}%")
     if s.get("samples_per_second"):
         headline.append(f"{_fmt(s.get('samples_per_second'))} samples/s")
-    if s.get("mfu") is not None:
+    if isinstance(s.get("mfu"), (int, float)) and not isinstance(s.get("mfu"), bool):
         headline.append(f"MFU {100 * s['mfu']:.1f}%")
     out.append(f"<p>{_esc('; '.join(headline))}</p>")
     out.append("<h3>summary</h3>")
