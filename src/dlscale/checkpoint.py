@@ -22,6 +22,7 @@ where the job expects one, with the kind of value it expects.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -124,10 +125,11 @@ def _finish(root: Path, tmp: Path, final: Path, step: int, meta: dict[str, Any],
 
 
 def _innermost(exc: BaseException) -> str:
-    """The reason under DCP's wrapping ("[Errno 28] No space left on device")."""
+    """The reason under DCP's wrapping ("[Errno 28] No space left on device"); DCP repeats
+    a metadata error once per read attempt ("... read failed: <reason>")."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     errno_lines = [line for line in lines if "Errno" in line]
-    return (errno_lines or lines or [type(exc).__name__])[-1][:240]
+    return (errno_lines or lines or [type(exc).__name__])[-1].rsplit("read failed: ", 1)[-1][:240]
 
 
 def _raise_if_any_failed(failures: list[str | None], run_dir: Path, tmp: Path, step: int) -> None:
@@ -238,6 +240,14 @@ def _allowed(module: str, name: str) -> bool:
     return module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
 
 
+@functools.cache
+def _metadata_classes() -> frozenset[Any]:
+    """The allowed globals themselves, looked up once: only their instances may get state."""
+    import importlib
+
+    return frozenset(getattr(importlib.import_module(module), name) for module, name in _METADATA_GLOBALS)
+
+
 class _MetadataUnpickler(pickle._Unpickler):  # the Python unpickler: its BUILD can be checked
     """Names only from the allow-list, and state set only on *instances* of those classes:
     pickle's BUILD calls setattr on whatever is on the stack, so a crafted file could
@@ -253,8 +263,7 @@ class _MetadataUnpickler(pickle._Unpickler):  # the Python unpickler: its BUILD 
 
     def load_build(self) -> None:
         target, state = self.stack[-2], self.stack[-1]
-        allowed = {pickle._Unpickler.find_class(self, m, n) for m, n in _METADATA_GLOBALS}
-        if isinstance(target, type) or type(target) not in allowed:
+        if isinstance(target, type) or type(target) not in _metadata_classes():
             raise pickle.UnpicklingError(f"its .metadata sets the state of {type(target).__name__}, which a checkpoint never does")
         if "__setstate__" not in vars(type(target)):  # (TensorProperties reads its own tuple)
             if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
@@ -384,10 +393,7 @@ def _unreadable(path: Path, exc: BaseException) -> UserError:
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
     if isinstance(exc, CheckpointException):  # DCP wraps each rank's error: say the innermost reason
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = lines[-1] if lines else "unknown"
-        reason = reason.rsplit("read failed: ", 1)[-1]  # DCP repeats the metadata error per attempt
-        return UserError(f"checkpoint {path} cannot be read ({reason[:240]}); delete it to resume from an older one")
+        return UserError(f"checkpoint {path} cannot be read ({_innermost(exc)}); delete it to resume from an older one")
     return UserError(
         f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
         "delete it to resume from an older one"

@@ -151,9 +151,9 @@ def unique_run_dir(name: str, root: Path = Path("runs"), create: bool = False) -
 CLAIM_ENV = "DLSCALE_RUN_CLAIMED"  # the run directory a launcher claimed for its workers
 
 _claims: dict[Path, int] = {}  # claimed run directory -> the open file descriptor holding the lock
-_made: set[Path] = set()  # run directories this process created (removed whole if the run fails at once)
-_fresh: set[Path] = set()  # claimed for a fresh start (a resumed run is never removed)
-_found: dict[Path, set[str]] = {}  # what a given --run-dir held before the run: never removed
+# fresh runs this process claimed (a resumed run is never removed) -> the names its folder
+# held before (never removed), or None when this process created the folder
+_fresh: dict[Path, set[str] | None] = {}
 
 
 def claim(path: Path, shared: bool = False) -> None:
@@ -216,12 +216,8 @@ def refuse_if_in_use(path: Path) -> None:
     os.close(fd)
 
 
-def claimed(path: Path) -> bool:
-    return Path(path).resolve() in _claims
-
-
 def release(path: Path) -> None:
-    _fresh.discard(Path(path).resolve())
+    _fresh.pop(Path(path).resolve(), None)
     fd = _claims.pop(Path(path).resolve(), None)
     if fd is not None:
         os.close(fd)  # closing the descriptor lets go of the lock
@@ -235,32 +231,28 @@ def claim_new(path: Path, shared: bool = False) -> Path:
     if path.is_dir() and holds_run(path):  # refused as it is: nothing is added to another run
         refuse_if_in_use(path)
     check_new_run_dir(path)
-    if not path.exists():
-        try:
-            path.mkdir(parents=True)
-            _made.add(path.resolve())
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise UserError(f"cannot create run directory {path}: {exc.strerror or exc}; give --run-dir a writable place") from None
-    found = set(os.listdir(path))
+    found: set[str] | None = None
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        found = set(os.listdir(path))
+    except OSError as exc:
+        raise UserError(f"cannot create run directory {path}: {exc.strerror or exc}; give --run-dir a writable place") from None
     claim(path, shared=shared)
     try:
         check_new_run_dir(path)
     except UserError:
         release(path)
         raise
-    _fresh.add(path.resolve())
-    _found[path.resolve()] = found
+    _fresh[path.resolve()] = found
     return path
 
 
 def claim_fresh(name: str, root: Path = Path("runs")) -> Path:
     """A new timestamped run directory, created atomically and claimed."""
     path = unique_run_dir(name, root, create=True)
-    _made.add(path.resolve())
-    _fresh.add(path.resolve())
     claim(path)
+    _fresh[path.resolve()] = None
     return path
 
 
@@ -279,23 +271,20 @@ def abandon(path: Path) -> bool:
             return False
         import shutil
 
-        found = _found.get(key, set())  # the user's own files in a --run-dir they gave stay
+        found = _fresh[key] or set()  # the user's own files in a --run-dir they gave stay
         for name in (*RUN_FILES, ".lock"):
             if name not in found:
                 (path / name).unlink(missing_ok=True)
         if "checkpoints" not in found and not (path / "checkpoints").is_symlink():
             shutil.rmtree(path / "checkpoints", ignore_errors=True)
-        if key in _made:
+        if _fresh[key] is None:  # this process made the folder: remove it when nothing else is left
             try:
-                path.rmdir()  # only when nothing else is left (worker logs stay)
+                path.rmdir()  # (worker logs stay, and so does the folder then)
             except OSError:
                 pass
         return True
     finally:
         release(path)
-        _made.discard(key)
-        _fresh.discard(key)
-        _found.pop(key, None)
 
 
 def abandon_claimed() -> None:

@@ -64,6 +64,7 @@ class StopRequests:
                 self._previous[signum] = signal.signal(signum, self._handle)
         if dist.world_size() > 1:
             self._group = dist.cpu_group()
+            self._flag = torch.zeros(1, dtype=torch.int32)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -96,7 +97,7 @@ class StopRequests:
             self._pending.wait()
             decided = int(self._flag[0]) or None
         if decided is None:
-            self._flag = torch.tensor([self.signum or 0], dtype=torch.int32)
+            self._flag.fill_(self.signum or 0)
             self._pending = torch_dist.all_reduce(self._flag, op=torch_dist.ReduceOp.MAX, group=self._group, async_op=True)
         else:
             self._pending = None

@@ -112,14 +112,11 @@ def train(
     dist.init(env, device, config.timeout)
     try:
         return _train(config, overrides or {}, env, device, model, data, progress or TrainProgress(None))
-    except (RuntimeError, dist.DistError) as exc:
-        runs.abandon_claimed()
-        failure = dist.collective_failure(exc, config.timeout)
+    except BaseException as exc:
+        runs.abandon_claimed()  # a fresh run that failed before its first checkpoint leaves nothing behind
+        failure = dist.collective_failure(exc, config.timeout) if isinstance(exc, (RuntimeError, dist.DistError)) else None
         if failure is not None:
             raise failure from None
-        raise
-    except BaseException:
-        runs.abandon_claimed()  # a fresh run that failed before its first checkpoint leaves nothing behind
         raise
     finally:
         runs.release_all()
@@ -415,13 +412,13 @@ def setup(
     example_x, example_y = first_samples(splits.train, 2)  # batch norm needs more than one
     flops = count_flops(model, example_x, example_y)
 
-    use_cuda = device.type == "cuda"
+    compiled = device.type == "cuda" if config.compile is None else config.compile
     conv = info.conv if info is not None else any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     precision, channels_last, tuned = autotune.settings_for_run(config, device, model, splits, conv, model_name, world)
     memory.check_batch_fits(  # a batch that cannot fit is refused now, not killed by the OOM killer later
         model, example_x, example_y, batch_size=config.batch_size, workers=world, local_workers=env.local_world_size,
         grad_accum=config.grad_accum, device=device, precision=precision,
-        compiled=use_cuda if config.compile is None else config.compile, sharded=config.strategy == "fsdp",
+        compiled=compiled, sharded=config.strategy == "fsdp",
     )
     base_lr = config.lr or (1e-3 if config.optimizer == "adamw" else 0.1)
     warmup = config.warmup_steps if config.warmup_steps is not None else total_steps // 20
@@ -430,7 +427,7 @@ def setup(
     config = config.replace(
         device=device.type,  # the kind, not the index: every worker's config must hash the same
         precision=precision,
-        compile=use_cuda if config.compile is None else config.compile,
+        compile=compiled,
         channels_last=channels_last,
         lr=base_lr,  # the base rate; with scale_lr the step uses effective_lr(config)
         weight_decay=config.weight_decay if config.weight_decay is not None else (0.01 if config.optimizer == "adamw" else 5e-4),
@@ -499,10 +496,11 @@ def locate_run(config: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainCon
         elif not config.run_dir:
             # the newest unfinished run, whatever its model, unless --model/--data narrow it
             candidate = runs.find_resumable(Path("runs"), overrides.get("model"), overrides.get("data"))
-            _say(
+            print(
                 f"dlscale: --resume auto: continuing {candidate}, the newest unfinished run under runs/"
                 if candidate else
-                "dlscale: --resume auto: no unfinished run with a checkpoint under runs/; starting a new run"
+                "dlscale: --resume auto: no unfinished run with a checkpoint under runs/; starting a new run",
+                file=sys.stderr, flush=True,
             )
     elif config.resume is not None:
         candidate = Path(config.resume)
@@ -530,8 +528,8 @@ def locate_run(config: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainCon
 
 # Flags that say how to run, not what: a resumed run may take new values for these.
 RESUMABLE_WITH = (
-    "resume", "run_dir", "nproc", "nnodes", "node_rank", "rdzv_endpoint", "master_addr", "master_port",
-    "max_restarts", "timeout", "workers", "log_every", "checkpoint_every", "keep_checkpoints", "device",
+    *config_mod.INVOCATION_KEYS, "nproc", "nnodes", "timeout", "workers", "log_every", "checkpoint_every",
+    "keep_checkpoints", "device",
 )
 
 
@@ -554,10 +552,6 @@ def _refuse_finished(run_dir: Path) -> None:
             f"run {run_dir} has already finished (its summary.json is there) and is kept as it is; "
             "start a new run with another --run-dir"
         )
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def _want(info: ModelInfo | None) -> DataSpec:
