@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from dlscale import config as config_mod
+from dlscale.training import config as config_mod
 from dlscale.data import Splits
 from dlscale.data.guards import check_labels, first_non_finite
 from dlscale.errors import UserError
 from dlscale.progress import TrainProgress, make_console
-from dlscale.train import train
+from dlscale.training.trainer import train
 
 
 @dataclass
@@ -35,7 +35,7 @@ class FitResult:
     @property
     def history(self) -> list[dict[str, Any]]:
         """Every metrics.jsonl record of the run: training intervals and evaluations."""
-        from dlscale.runs import read_metrics
+        from dlscale.runs.directory import read_metrics
 
         return read_metrics(self.run_dir / "metrics.jsonl")
 

@@ -200,8 +200,8 @@ def measure(settings: CommSettings, device: Any, say: Callable[[str], None] | No
     import torch
     import torch.distributed as tdist
 
-    from dlscale import dist
-    from dlscale.device import DTYPES, synchronize
+    from dlscale.distributed import process_group as dist
+    from dlscale.hardware.device import DTYPES, synchronize
 
     world, rank = tdist.get_world_size(), tdist.get_rank()
     backend = str(tdist.get_backend())

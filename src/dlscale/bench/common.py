@@ -7,8 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from dlscale import runs
-from dlscale.provenance import provenance
+from dlscale.runs import directory as runs
+from dlscale.hardware.provenance import provenance
 
 
 def bench_run_dir(kind: str, model: str, requested: str | None) -> Path:

@@ -41,13 +41,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from dlscale import checkpoint, config as config_mod
-from dlscale.batches import eval_batches
+from dlscale.runs import checkpoint
+from dlscale.training import config as config_mod
+from dlscale.data.batches import eval_batches
 from dlscale.bench.common import percentile
 from dlscale.data import DataSpec, Splits, load_data
-from dlscale.device import DTYPES, describe, synchronize
+from dlscale.hardware.device import DTYPES, describe, synchronize
 from dlscale.errors import UserError
-from dlscale.flops import count as count_flops
+from dlscale.models.flops import count as count_flops
 from dlscale.models import build_model, model_info
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")

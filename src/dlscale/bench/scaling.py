@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from dlscale import dist
+from dlscale.distributed import process_group as dist
 from dlscale.bench.train import Setting, Workload, _stepper
-from dlscale.device import synchronize
-from dlscale.metrics import global_counts
-from dlscale.step import train_step
+from dlscale.hardware.device import synchronize
+from dlscale.hardware.mfu import global_counts
+from dlscale.training.step import train_step
 
 
 def _timed_steps(stepper, batch, device, steps: int, sync: bool) -> tuple[float, float]:

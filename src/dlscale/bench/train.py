@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from dlscale.allocator import keep_freed_memory
+from dlscale.training.allocator import keep_freed_memory
 from dlscale.bench.common import median_spread
-from dlscale.config import TrainConfig
-from dlscale.device import peak_memory_bytes, reset_peak_memory, synchronize
-from dlscale.flops import count as count_flops
-from dlscale.metrics import utilisation
+from dlscale.training.config import TrainConfig
+from dlscale.hardware.device import peak_memory_bytes, reset_peak_memory, synchronize
+from dlscale.models.flops import count as count_flops
+from dlscale.hardware.mfu import utilisation
 from dlscale.models import ModelInfo, build_model
-from dlscale.step import build_stepper, train_step
+from dlscale.training.step import build_stepper, train_step
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def measure(
     x, y = workload.batch(setting.batch_size, device)
     flops = count_flops(model, x[:2].cpu(), y[:2].cpu())
     stepper = _stepper(workload, setting, device)
-    with keep_freed_memory(device.type == "cpu"):  # as training runs it: see dlscale.allocator
+    with keep_freed_memory(device.type == "cpu"):  # as training runs it: see dlscale.training.allocator
         warmup_s, step_times, losses = _time_steps(stepper, x, y, device, steps, warmup, repeats, on_step)
     finite = bool(torch.isfinite(torch.stack(losses)).all())
     median, spread = median_spread(step_times)

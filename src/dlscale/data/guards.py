@@ -2,7 +2,7 @@
 
 - Memory: data that cannot fit is refused before it is allocated, with the sizes in
   the message, instead of the OOM killer ending the run without a word. What is
-  available is dlscale.memory's answer, the same one the batch-size check uses.
+  available is dlscale.training.memory's answer, the same one the batch-size check uses.
 - Regular files: a FIFO blocks its reader forever and /dev/zero never ends, so
   anything but a regular file (or a link to one) is refused by name.
 - Values: labels that are not class numbers and samples that are not finite are
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlscale import memory
+from dlscale.training import memory
 from dlscale.errors import UserError
 
 MAX_CLASSES = 2**20  # far above any real label set, far below what makes the classifier absurd
@@ -48,7 +48,7 @@ def require_memory(needed: int, what: str, fix: str) -> None:
 
 
 def available_memory() -> memory.Available | None:
-    """What dlscale.memory finds (cgroup limits such as SLURM's --mem, ulimit, MemAvailable),
+    """What dlscale.training.memory finds (cgroup limits such as SLURM's --mem, ulimit, MemAvailable),
     else the machine's physical memory: macOS has neither /proc nor cgroups, and still needs a bound."""
     room = memory.available(torch.device("cpu"))
     if room is not None:

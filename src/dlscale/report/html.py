@@ -123,7 +123,7 @@ def _classify(data: Any, path: Path) -> str:
 
 
 def _load_run(run_dir: Path) -> Item:
-    from dlscale.runs import read_metrics
+    from dlscale.runs.directory import read_metrics
 
     summary = _read_json(run_dir / "summary.json")
     if _classify(summary, run_dir / "summary.json") != "run":
@@ -279,7 +279,7 @@ def _label(item: Item) -> str:
 
 
 def _run_section(item: Item, plot: _Plotter) -> str:
-    from dlscale.runs import SUMMARY_KEYS
+    from dlscale.runs.directory import SUMMARY_KEYS
 
     s = item.data
     out = []
@@ -398,7 +398,7 @@ def _overview(items: list[Item], plot: _Plotter) -> str:
     for item in items:
         if item.kind != "run" or item.run_dir is None:
             continue
-        from dlscale.commands.compute import compute_report
+        from dlscale.cli.compute import compute_report
 
         try:
             report = compute_report(item.run_dir)
@@ -464,7 +464,7 @@ def build_report(inputs: list[Path], out: Path, title: str = "dlscale report",
     heading is escaped, the body is trusted HTML from the caller. ``plots_dir``, when
     given, keeps the figures' PNG and SVG files there (otherwise they are temporary).
     """
-    from dlscale.runs import atomic_write_text
+    from dlscale.runs.directory import atomic_write_text
 
     out = Path(out)
     if out.is_dir():

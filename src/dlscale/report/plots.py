@@ -339,7 +339,7 @@ def speed_accuracy(infer_rows: Sequence[Row], stem: str | Path) -> Path:
 def compute_chart(runs: Sequence[tuple[str, int, float]], stem: str | Path) -> Path:
     """Landmark training runs (history.LANDMARKS) in petaflop/s-days by year (log), with
     ``runs`` (label, year, pfs_days) placed among them as filled stars."""
-    from dlscale.history import LANDMARKS
+    from dlscale.report.landmarks import LANDMARKS
 
     fig = _new_figure(9, 6)
     ax = fig.subplots()

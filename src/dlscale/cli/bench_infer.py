@@ -1,0 +1,202 @@
+"""``dlscale bench infer``: its flags, the sweep, the table and the result file."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from dlscale.errors import UserError
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "infer",
+        help="inference speed: predictions/s and latency p50/p90/p99 per batch size, precision and mode",
+        description=(
+            "Time inference of a zoo model (--model) or of a trained run (--run), for every batch size x "
+            "precision x mode: predictions/s (batch size / mean latency) and latency p50/p90/p99 over at "
+            "least 50 timed batches after warm-up, under torch.inference_mode. With --run, each setting "
+            "also reports the run's test accuracy at that precision: speed and accuracy side by side. "
+            "A setting this machine cannot do is listed as skipped, with the reason."
+        ),
+        epilog=(
+            "examples:\n"
+            "  dlscale bench infer --model cnn --batch-sizes 1,8,64 --precisions fp32,bf16\n"
+            "  dlscale bench infer --model resnet18 --input-shape 3x32x32 --modes eager,compiled\n"
+            "  dlscale bench infer --run runs/<run> --precisions fp32,bf16,int8 --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--model", help="zoo model to time with fresh weights (default cnn)")
+    what.add_argument("--run", metavar="RUN_DIR", help="a trained run: its model, weights (newest checkpoint) and test split")
+    add = p.add_argument
+    add("--batch-sizes", default="1,8,64", help="comma-separated batch sizes (default 1,8,64)")
+    add("--precisions", help="comma-separated, of fp32, bf16, fp16, int8 (int8: dynamic quantization of "
+        "Linear layers, CPU only); default fp32,bf16 on CPU, fp32,bf16,fp16 on CUDA")
+    add("--modes", default="eager", help="comma-separated, of eager, compiled (torch.compile; CUDA graphs on CUDA); default eager")
+    add("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: the best present)")
+    add("--input-shape", metavar="CxHxW", help="one sample's shape for --model, e.g. 3x224x224, or a sequence length for language models")
+    add("--batches", type=int, default=50, help="timed batches per setting (default and minimum 50)")
+    add("--warmup", type=int, default=5, help="untimed batches before them (default 5)")
+    add("--run-dir", metavar="DIR", help="where to write the result (default runs/<UTC-time>-bench-infer-<model>)")
+    add("--json", action="store_true", help="print the result object as the last line of stdout")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dlscale.bench import infer
+    from dlscale.bench.common import bench_run_dir, result_object, write_result
+    from dlscale.hardware.device import describe, resolve_device
+    from dlscale.progress import make_console
+    from dlscale.runs.directory import to_json
+
+    device = resolve_device(args.device)
+    settings = infer.InferSettings(
+        batch_sizes=tuple(_integers("--batch-sizes", args.batch_sizes, ",")),
+        precisions=_names(args.precisions) if args.precisions else infer.default_precisions(device),
+        modes=_names(args.modes),
+        batches=args.batches,
+        warmup=args.warmup,
+    )
+    if args.run and args.input_shape:
+        raise UserError("--input-shape goes with --model; a --run's data sets the input shape")
+    shape = tuple(_integers("--input-shape", args.input_shape, "x")) if args.input_shape else None
+    target = infer.run_target(args.run) if args.run else infer.zoo_target(args.model or "cnn", shape)
+    run_dir = bench_run_dir("infer", target.name, args.run_dir)
+
+    console = make_console()
+    source = f"run {target.source_run}" if target.source_run else "fresh weights"
+    _say(
+        console,
+        f"dlscale bench infer: {target.name} ({source}) · input {'x'.join(map(str, target.input_shape))} · "
+        f"{describe(device)} · {settings.warmup} warm-up + {settings.batches} timed batches per setting"
+    )
+    with _Bar(console, len(settings.batch_sizes) * len(settings.precisions) * len(settings.modes)) as bar:
+        rows = infer.benchmark(target, settings, device, note=bar.note, step=bar.step)
+
+    result = result_object(
+        rows, kind="infer", model=target.name, run=target.source_run,
+        input_shape=list(target.input_shape), batches=settings.batches, warmup=settings.warmup,
+    )
+    path = write_result(run_dir, "infer", result)
+    console.print(_table(target.name, describe(device), rows))
+    _say(console, _fastest(rows, target.source_run is not None))
+    compiled = [r for r in rows if r["mode"] == "compiled" and not r["skipped"]]
+    if compiled:  # compilation lands in warm-up: shown here, never inside the latencies
+        _say(console, "compiled warm-up (includes compiling): " + ", ".join(
+            f"{r['precision']} batch {r['batch_size']} {r['warmup_seconds']:.1f} s" for r in compiled))
+    _say(console, f"result: {path}")
+    if args.json:
+        print(to_json(result), flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    return tuple(dict.fromkeys(names))  # drop repeats, keep the order
+
+
+def _integers(flag: str, text: str, sep: str) -> list[int]:
+    parts = [part.strip() for part in text.split(sep)]
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        example = "1,8,64" if sep == "," else "3x224x224"
+        raise UserError(f"{flag} takes positive integers separated by '{sep}', such as {example}; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{flag} values must be at least 1; got {text!r}")
+    return list(dict.fromkeys(values)) if sep == "," else values
+
+
+# --------------------------------------------------------------------------- display
+
+
+class _Bar:
+    """A rich progress bar over the settings on a terminal; nothing but notes otherwise."""
+
+    def __init__(self, console: Any, total: int) -> None:
+        self.console, self.total, self.progress, self.task = console, total, None, None
+        self.rows_started = 0
+
+    def __enter__(self) -> _Bar:
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=self.console, transient=True,
+            )
+            self.task = self.progress.add_task("settings", total=self.total)
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def note(self, text: str) -> None:
+        _say(self.console, f"note: {text}")
+
+    def step(self, label: str) -> None:
+        """Show what runs now; a row starting means the rows before it are done."""
+        if self.progress is None:
+            return
+        self.progress.update(self.task, completed=self.rows_started, description=label)
+        if " batch " in label:
+            self.rows_started += 1
+
+
+def _say(console: Any, text: str) -> None:
+    """A plain line: no markup (paths and error messages hold brackets), no wrapping."""
+    console.print(text, markup=False, soft_wrap=True)
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _table(model: str, device: str, rows: list[dict[str, Any]]):
+    from rich import box
+    from rich.table import Table
+
+    # No vertical rules: the table fits the 80 columns rich assumes off a terminal.
+    table = Table(
+        title=f"inference: {model} on {device}", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True
+    )
+    for name in ("batch", "precision", "mode", "predictions/s", "p50 ms", "p90 ms", "p99 ms", "test acc"):
+        table.add_column(name, justify="left" if name in ("precision", "mode") else "right")
+    for row in rows:
+        head = (str(row["batch_size"]), row["precision"], row["mode"])
+        if row["skipped"]:
+            table.add_row(*head, "skipped", "—", "—", "—", "—", style="dim")
+            continue
+        accuracy = row["test_accuracy"]
+        table.add_row(
+            *head,
+            f"{row['predictions_per_second']:,.0f}",
+            _number(row["latency_p50_ms"]),
+            _number(row["latency_p90_ms"]),
+            _number(row["latency_p99_ms"]),
+            "—" if accuracy is None else f"{100 * accuracy:.2f}%",
+        )
+    return table
+
+
+def _fastest(rows: list[dict[str, Any]], has_accuracy: bool) -> str:
+    ran = [row for row in rows if not row["skipped"]]
+    if not ran:
+        return "fastest: none — every setting was skipped (see the notes above)"
+    best = max(ran, key=lambda row: row["predictions_per_second"])
+    if best["test_accuracy"] is not None:
+        accuracy = f"test accuracy {100 * best['test_accuracy']:.2f}%"
+    else:
+        accuracy = "test accuracy n/a" + ("" if has_accuracy else " (give --run RUN_DIR to measure it)")
+    tokens = f" ({best['tokens_per_second']:,.0f} tokens/s)" if best.get("tokens_per_second") else ""
+    return (
+        f"fastest: {best['precision']} {best['mode']} at batch {best['batch_size']}: "
+        f"{best['predictions_per_second']:,.0f} predictions/s{tokens}, p50 {best['latency_p50_ms']:.3f} ms, {accuracy}"
+    )

@@ -1,0 +1,91 @@
+"""``dlscale train``: its flags, and handing them to the trainer.
+
+Flags default to None so that only what the user typed overrides a --config file
+(and a resumed run's config.toml).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model and measure the run",
+        description=(
+            "Train a model on a data set and measure the run (samples/s, FLOPs, time). With no "
+            "options it trains a small CNN on scikit-learn's digits on the best device present. "
+            "Every option can also be given as a key of a --config TOML file (batch_size = 64); "
+            "options on the command line win over the file."
+        ),
+        epilog=(
+            "examples:\n"
+            "  dlscale train\n"
+            "  dlscale train --model resnet18 --data synthetic:3x32x32 --max-steps 200\n"
+            "  dlscale train --data ./mnist --epochs 3 --json\n"
+            "  dlscale train --resume auto"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = p.add_argument
+    add("--config", metavar="FILE", help="TOML file whose keys mirror these options (a run's config.toml reproduces it)")
+    add("--model", help="model name: mlp, cnn, resnet18, resnet50, vit-tiny, gpt-tiny, gpt-small, torchvision:NAME, timm:NAME (default cnn)")
+    add("--data", help="digits, synthetic[:CxHxW|:SEQ], or a path: MNIST IDX folder, CIFAR-10 batches, image folder, text file, .npz (default digits)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="passes over the training set (default 10)")
+    length.add_argument("--max-steps", type=int, help="optimizer steps to run; wins over --epochs")
+    add("--batch-size", type=int, help="global batch size, summed over all workers (default 64)")
+    add("--lr", type=float, help="peak learning rate (default 1e-3 AdamW, 0.1 SGD)")
+    add("--optimizer", choices=("adamw", "sgd"), help="default adamw")
+    add("--momentum", type=float, help="SGD momentum (default 0.9)")
+    add("--weight-decay", type=float, help="default 0.01 AdamW, 5e-4 SGD; never on biases and norms")
+    add("--schedule", choices=("cosine", "constant"), help="after linear warm-up (default cosine)")
+    add("--warmup-steps", type=int, help="linear warm-up steps (default 5%% of the steps)")
+    add("--grad-clip", type=float, help="clip the global gradient norm to this (default 0: off)")
+    add("--grad-accum", type=int, help="split each batch into this many micro-batches (default 1)")
+    add("--device", help="auto, cpu, cuda, cuda:N or mps (default auto: the best present)")
+    add("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="autocast precision (default auto: bf16 on GPUs that have it; on a CPU whichever measures faster here, cached)")
+    add("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model (default: on for CUDA, off on CPUs, where it measured slower)")
+    add("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels_last memory format (default: conv nets on CUDA; on a CPU where it measures faster)")
+    add("--nproc", type=int, help="worker processes on this node (default 1)")
+    add("--nnodes", type=int, help="nodes (default 1)")
+    add("--strategy", choices=("ddp", "fsdp"), help="data parallel strategy: ddp (default) or fsdp (FSDP2 fully_shard)")
+    add("--node-rank", type=int, help="this node's rank (0..nnodes-1) with --master-addr")
+    add("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous of a multi-node job (the same on every node)")
+    add("--master-addr", help="head node address for a static multi-node rendezvous")
+    add("--master-port", type=int, help="head node port (default 29500)")
+    add("--max-restarts", type=int, help="restarts of all workers after one fails; they resume from the newest checkpoint (default 0)")
+    add("--timeout", type=float, help="seconds a collective may wait for the other workers before the job fails (default 600)")
+    add("--scale-lr", action=argparse.BooleanOptionalAction, default=None, help="linear scaling rule: lr x global batch / 256, with warm-up")
+    add("--checkpoint-every", type=int, help="save a checkpoint every N steps (default 0: only at the end)")
+    add("--keep-checkpoints", type=int, help="newest checkpoints to keep (default 2; 0 keeps all)")
+    add("--resume", metavar="auto|DIR", help="continue a run from its newest complete checkpoint")
+    add("--run-dir", metavar="DIR", help="where to write the run (default runs/<UTC-time>-<model>-<data>)")
+    add("--seed", type=int, help="random seed (default 0)")
+    add("--target-accuracy", type=float, help="record the time to reach this validation accuracy (0-1)")
+    add("--log-every", type=int, help="steps between metrics lines (default: about 50 per run)")
+    add("--synthetic-samples", type=int, help="training-set size for --data synthetic (default 2048)")
+    add("--workers", type=int, help="DataLoader worker processes for lazily read data (default 0)")
+    add("--json", action="store_true", help="print summary.json's object as the last line of stdout")
+    p.set_defaults(handler=run)
+
+
+NOT_CONFIG = ("config", "json", "handler", "command")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dlscale.training import config as config_mod
+    from dlscale.distributed.env import detect
+    from dlscale.progress import TrainProgress, make_console
+    from dlscale.runs.directory import to_json
+    from dlscale.training.trainer import train
+
+    overrides = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG and v is not None}
+    file_values = config_mod.read_toml(args.config) if args.config else {}
+    config = config_mod.build(file_values, **overrides)
+    result = train(config, overrides, progress=TrainProgress(make_console()))
+    if args.json and detect().rank == 0:  # under mpirun or srun every rank shares this console
+        print(to_json(result.summary), flush=True)
+    return 0
