@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import dlscale
-from dlscale.runs.directory import SUMMARY_KEYS
+from dlscale.runs.results import SUMMARY_KEYS
 
 
 def test_fit_with_names_returns_the_summary_json_dict(tmp_path):

@@ -6,7 +6,7 @@ what the hardware buys (throughput, FLOPs, MFU, compute, scaling).
     result.summary["test_accuracy"]
 """
 
-__version__ = "0.1.0"
+from dlscale.version import __version__
 
 __all__ = ["__version__", "fit", "FitResult", "UserError"]
 

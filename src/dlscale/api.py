@@ -23,7 +23,7 @@ from dlscale.data import Splits
 from dlscale.data.guards import check_labels, first_non_finite
 from dlscale.errors import UserError
 from dlscale.progress import TrainProgress, make_console
-from dlscale.training.trainer import train
+from dlscale.training.train import train
 
 
 @dataclass
@@ -35,7 +35,7 @@ class FitResult:
     @property
     def history(self) -> list[dict[str, Any]]:
         """Every metrics.jsonl record of the run: training intervals and evaluations."""
-        from dlscale.runs.directory import read_metrics
+        from dlscale.runs.metrics_log import read_metrics
 
         return read_metrics(self.run_dir / "metrics.jsonl")
 

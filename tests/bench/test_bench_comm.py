@@ -17,11 +17,10 @@ from dlscale.bench.comm import (
     busbw_factor,
     busbw_gbps,
     human_bytes,
-    parse_ops,
-    parse_sizes,
     shape_for,
 )
 from dlscale.cli import bench_comm
+from dlscale.cli.bench_comm import parse_ops, parse_sizes
 from dlscale.errors import UserError
 
 from conftest import last_json

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import dlscale
-from dlscale.bench import infer
+from dlscale.bench import infer, targets
 from dlscale.cli import main
 from dlscale.errors import UserError
 
@@ -72,7 +72,7 @@ def rows_by(rows: list[dict], precision: str, mode: str = "eager") -> list[dict]
 
 
 def test_a_row_for_each_batch_size_and_precision_with_consistent_figures():
-    rows = infer.benchmark(infer.zoo_target("mlp"), settings(precisions=("fp32", "bf16", "int8")), CPU)
+    rows = infer.benchmark(targets.zoo_target("mlp"), settings(precisions=("fp32", "bf16", "int8")), CPU)
     assert [(r["precision"], r["batch_size"]) for r in rows] == [
         (p, b) for p in ("fp32", "bf16", "int8") for b in (1, 4)
     ]
@@ -91,7 +91,7 @@ def test_a_row_for_each_batch_size_and_precision_with_consistent_figures():
 
 
 def test_every_timed_batch_is_a_model_call():
-    target = infer.zoo_target("mlp")
+    target = targets.zoo_target("mlp")
     calls = []
     target.model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
     rows = infer.benchmark(target, settings(batch_sizes=(1, 3), precisions=("fp32", "bf16"), batches=60, warmup=3), CPU)
@@ -102,7 +102,7 @@ def test_every_timed_batch_is_a_model_call():
 
 
 def test_fp16_on_cpu_is_a_skipped_row_with_its_reason():
-    rows = infer.benchmark(infer.zoo_target("mlp"), settings(precisions=("fp16", "fp32")), CPU)
+    rows = infer.benchmark(targets.zoo_target("mlp"), settings(precisions=("fp16", "fp32")), CPU)
     skipped = rows_by(rows, "fp16")
     assert len(skipped) == 2
     for row in skipped:
@@ -112,7 +112,7 @@ def test_fp16_on_cpu_is_a_skipped_row_with_its_reason():
 
 
 def test_language_models_time_token_ids_and_report_tokens_per_second():
-    rows = infer.benchmark(infer.zoo_target("gpt-tiny", (16,)), settings(batch_sizes=(2,)), CPU)
+    rows = infer.benchmark(targets.zoo_target("gpt-tiny", (16,)), settings(batch_sizes=(2,)), CPU)
     (row,) = rows
     assert row["seq_len"] == 16
     assert row["tokens_per_second"] == pytest.approx(16 * row["predictions_per_second"])
@@ -123,7 +123,7 @@ def test_language_models_time_token_ids_and_report_tokens_per_second():
 def test_compiled_mode_runs_and_keeps_the_run_accuracy(trained):
     """torch.compile on CPU: the compile lands in warm-up, and the compiled model (fed a
     padded last batch) scores the same test accuracy as eager."""
-    target = infer.run_target(trained)
+    target = targets.run_target(trained)
     rows = infer.benchmark(target, settings(batch_sizes=(2,), modes=("eager", "compiled")), CPU)
     eager, compiled = rows
     assert compiled["mode"] == "compiled" and compiled["skipped"] is None, compiled["skipped"]
@@ -179,13 +179,13 @@ def test_a_language_model_run_reports_next_token_accuracy(tmp_path):
     text.write_text("the quick brown fox jumps over the lazy dog. " * 500)
     run_dir = tmp_path / "lm"
     fit = dlscale.fit("gpt-tiny", str(text), max_steps=3, run_dir=str(run_dir), device="cpu", verbose=False)
-    rows = infer.benchmark(infer.run_target(run_dir), settings(batch_sizes=(1,)), CPU)
+    rows = infer.benchmark(targets.run_target(run_dir), settings(batch_sizes=(1,)), CPU)
     assert rows[0]["test_accuracy"] == pytest.approx(fit.summary["test_accuracy"], abs=1e-6)
     assert rows[0]["tokens_per_second"] == pytest.approx(64 * rows[0]["predictions_per_second"])
 
 
 def test_load_trained_run_returns_name_model_and_splits(trained):
-    name, model, splits = infer.load_trained_run(trained)
+    name, model, splits = targets.load_trained_run(trained)
     assert name == "mlp" and splits.name == "digits" and splits.test is not None
     assert not model.training
 
@@ -195,7 +195,7 @@ def test_a_run_without_checkpoint_is_a_user_error(trained, tmp_path):
     copy.mkdir()
     (copy / "config.toml").write_text((trained / "config.toml").read_text())
     with pytest.raises(UserError, match="no complete checkpoint"):
-        infer.load_trained_run(copy)
+        targets.load_trained_run(copy)
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -248,7 +248,7 @@ def test_mistakes_are_one_error_line_and_exit_2(argv, fragments, tmp_path, monke
 def test_cuda_precisions_and_cuda_graphs():
     cuda = torch.device("cuda")
     rows = infer.benchmark(
-        infer.zoo_target("cnn"),
+        targets.zoo_target("cnn"),
         settings(batch_sizes=(1, 8), precisions=("fp32", "bf16", "fp16", "int8"), modes=("eager", "compiled")),
         cuda,
     )

@@ -103,3 +103,37 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, argv, fragment):
     assert main(["bench", "train", "--run-dir", str(tmp_path / "b"), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
+
+
+def test_bench_train_at_its_defaults_times_the_settings_train_would_use(tmp_path, capsys):
+    """One resolver decides "auto" for both: seed this machine's CPU choice for cnn with
+    bf16 + channels_last (a choice the old bench, fixed at fp32 on CPUs, never made) and
+    both commands must run exactly that, with compile off as train picks it on a CPU."""
+    import tomllib
+
+    from dlscale.training import autotune, settings
+
+    info = model_info("cnn")
+    entry = "|".join([settings.probe_key("cnn", info.default_input_shape, info.default_num_classes), "auto", "None",
+                      "x".join(map(str, (64, *info.default_input_shape)))])
+    path = autotune.cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = path.read_text() if path.exists() else None
+    try:
+        path.write_text(json.dumps({"choices": {entry: {
+            "precision": "bf16", "channels_last": True, "step_ms": {"fp32": 2.0, "bf16+channels_last": 1.0}, "busy": False,
+        }}}))
+        assert main(["train", "--model", "cnn", "--data", "synthetic", "--max-steps", "1", "--batch-size", "64",
+                     "--run-dir", str(tmp_path / "run")]) == 0
+        trained = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
+        capsys.readouterr()
+        assert main(["bench", "train", "--model", "cnn", "--batch-size", "64", "--steps", "1", "--repeats", "1",
+                     "--warmup", "0", "--run-dir", str(tmp_path / "bench"), "--json"]) == 0
+        row = json_line(capsys)
+    finally:
+        if saved is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(saved)
+    assert (trained["precision"], trained["compile"], trained["channels_last"]) == ("bf16", False, True)
+    assert (row["precision"], row["compiled"], row["channels_last"]) == ("bf16", False, True)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from rich.console import Console
 
-from dlscale.hardware import inventory as hardware
+from dlscale.hardware import peaks
+from dlscale.hardware.report import hw_report
 from dlscale.cli import build_parser, main
 from dlscale.cli import hw
 
@@ -39,7 +40,7 @@ def test_no_measure_measures_nothing(monkeypatch, capsys):
     def refuse():
         raise AssertionError("--no-measure must not measure")
 
-    monkeypatch.setattr(hardware, "measure_peaks", refuse)
+    monkeypatch.setattr(peaks, "measure_peaks", refuse)
     assert main(["hw", "--no-measure", "--json"]) == 0
     out, err = capsys.readouterr()
     report = json.loads(out.strip().splitlines()[-1])
@@ -57,7 +58,7 @@ def test_remeasure_measures_even_with_a_cache(monkeypatch, tmp_path, capsys):
             "provenance": {"date": "today", "seconds": 0.1},
         }
 
-    monkeypatch.setattr(hardware, "measure_peaks", measure)
+    monkeypatch.setattr(peaks, "measure_peaks", measure)
     assert main(["hw"]) == 0 and main(["hw"]) == 0
     assert len(calls) == 1
     assert main(["hw", "--remeasure"]) == 0
@@ -86,7 +87,7 @@ def pretend_report():
     gpu_rates = {"gemm_flops_per_second": {"fp32": 51e12, "tf32": 370e12, "bf16": 790e12, "fp16": 800e12},
                  "gemm_sizes": dict.fromkeys(("fp32", "tf32", "bf16", "fp16"), 8192),
                  "copy_bytes_per_second": 3.0e12, "copy_buffer_bytes": 2**30}
-    report = hardware.hw_report(measure=False)
+    report = hw_report(measure=False)
     report.update(
         gpus=[h100, other], gpu_count=2, driver="560.35.03", cuda="12.6",
         datasheet_peaks={"cuda:0": sheet, "cuda:1": unknown},

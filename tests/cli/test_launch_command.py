@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from dlscale import cli
-from dlscale.cli import launch
+from dlscale.distributed import mpi, slurm
 
 PYTHON_DIR = str(Path(sys.executable).parent)  # the venv's bin: torchrun and python
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -143,7 +143,7 @@ def test_slurm_script_quotes_user_values_and_passes_bash_syntax_check(dlscale, t
     (["/opt/venv/bin/dlscale", "train"], ["-m", "dlscale", "train"]),
 ])
 def test_python_commands_map_onto_torchrun(command, target):
-    assert launch.torchrun_target(command) == target
+    assert slurm.torchrun_target(command) == target
 
 
 @pytest.mark.parametrize("argv, fragments", [
@@ -180,7 +180,7 @@ def test_the_command_keeps_its_own_flags(dlscale):
 
 @pytest.mark.parametrize("value", ["02:00:00", "30", "30:00", "1-12", "1-12:30", "2-00:00:00", "100:00:00"])
 def test_slurm_time_formats_accepted(value):
-    assert launch.check_time(value) == value
+    assert slurm.check_time(value) == value
 
 
 # --------------------------------------------------------------------------- slurm: submitting
@@ -232,7 +232,7 @@ def test_slurm_script_runs_torchrun_rendezvous_under_fake_srun(tmp_path):
         "from dlscale.distributed.env import detect\n"
         "print('PROBE ' + json.dumps(dataclasses.asdict(detect())), flush=True)\n"
     )
-    text = launch.sbatch_script(nodes=1, gpus_per_node=2, command=["python", str(probe)],
+    text = slurm.sbatch_script(nodes=1, gpus_per_node=2, command=["python", str(probe)],
                                 log_dir=str(tmp_path / "logs"), output=str(tmp_path / "slurm-%j.out"))
     script = tmp_path / "job.sbatch"
     script.write_text(text)
@@ -326,7 +326,7 @@ def test_mpi_flavour_from_mpirun_version(dlscale, tmp_path, monkeypatch, version
     bin_dir = tmp_path / "bin"
     fake_program(bin_dir, "mpirun", f"printf '%s\\n' {shlex.quote(version)}")
     monkeypatch.setenv("PATH", str(bin_dir))
-    assert launch.mpi_flavour("auto") == (flavour, str(bin_dir / "mpirun"))
+    assert mpi.mpi_flavour("auto") == (flavour, str(bin_dir / "mpirun"))
     rc, out, err = dlscale("launch", "mpi", "--np", "2", "--dry-run", "--", "dlscale", "train")
     assert rc == 0, err
     assert out.split()[:3] == (["mpirun", "-np", "2"] if flavour == "openmpi" else ["mpirun", "-n", "2"])
@@ -363,7 +363,7 @@ needs_mpirun = pytest.mark.skipif(
 def test_mpi_real_ranks_read_the_launchers_variables(in_tmp, tmp_path, capfd):
     """Two ranks started by mpirun each run `python -c`, which prints what
     dlscale.distributed.env.detect() reads from the real launcher's variables."""
-    flavour, _ = launch.mpi_flavour("auto")
+    flavour, _ = mpi.mpi_flavour("auto")
     extra = ["--mpi-arg=--oversubscribe"] if flavour == "openmpi" and (os.cpu_count() or 1) < 2 else []
     code = ("import json, dataclasses; from dlscale.distributed.env import detect; "
             "print('PROBE ' + json.dumps(dataclasses.asdict(detect())), flush=True)")
@@ -383,7 +383,7 @@ def test_mpi_real_ranks_read_the_launchers_variables(in_tmp, tmp_path, capfd):
 
 @needs_mpirun
 def test_mpi_real_exit_code_passes_through(in_tmp, capfd):
-    flavour, _ = launch.mpi_flavour("auto")
+    flavour, _ = mpi.mpi_flavour("auto")
     extra = ["--mpi-arg=--oversubscribe"] if flavour == "openmpi" else []
     rc = cli.main(["launch", "mpi", "--np", "1", *extra, "--log-dir", "logs", "--", sys.executable, "-c",
                    "import sys; sys.exit(3)"])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from dlscale import units
 from dlscale.data import guards
 from dlscale.errors import UserError
 
@@ -25,7 +26,7 @@ def test_require_memory_names_what_needs_how_much_and_how_to_fix():
 
 def test_format_bytes():
     sizes = (0, 1023, 1536, 800 * 10**9)
-    assert [guards.format_bytes(n) for n in sizes] == ["0 bytes", "1023 bytes", "1.5 KiB", "745.1 GiB"]
+    assert [units.format_bytes(n) for n in sizes] == ["0 bytes", "1023 bytes", "1.5 KiB", "745.1 GiB"]
 
 
 def test_regular_files_and_links_to_them_pass(tmp_path):

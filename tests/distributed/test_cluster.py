@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from dlscale.distributed.env import ClusterEnv, detect, expand_hostlist, parse_tasks_per_node, torch_env
+from dlscale.distributed.env import ClusterEnv, detect, torch_env
+from dlscale.distributed.hostlist import expand_hostlist, parse_tasks_per_node
 from dlscale.errors import UserError
 
 # --------------------------------------------------------------------------- environments

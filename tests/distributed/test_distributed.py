@@ -12,7 +12,7 @@ import pytest
 import torch.multiprocessing as mp
 
 from conftest import last_json, run_cli
-from dlscale.runs.directory import read_metrics
+from dlscale.runs.metrics_log import read_metrics
 
 # Precision fixed: the CPU settings probe may choose differently for another per-worker
 # batch, and these tests compare the losses of separate runs.

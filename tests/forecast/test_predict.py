@@ -8,7 +8,8 @@ import pytest
 
 from dlscale.errors import UserError
 from dlscale.cli import main
-from dlscale.forecast.model import NETWORKS, Network, allreduce_parts, predict, ring_allreduce_time
+from dlscale.forecast.model import allreduce_parts, predict, ring_allreduce_time
+from dlscale.forecast.networks import NETWORKS, Network
 
 
 # --------------------------------------------------------------------------- the formula
@@ -167,7 +168,7 @@ def test_list_networks(capsys):
 # ASSUMED PCIe 3 (4 Pascal GPUs per server), its 25 Gbit/s RoCE as the eth-25g preset.
 # Goyal et al.'s Big Basin servers: 8 P100 with NVLink 1.0 (nvlink1 preset), 50 Gbit/s Ethernet.
 #
-# Published efficiencies are ranges where the source gives ranges (ANCHORS.md); the error is
+# Published efficiencies are ranges where the source gives ranges (Horovod); the error is
 # the distance from the prediction to the range (0 inside it).
 
 RESNET50_PARAMS = 25_557_032  # the zoo's resnet50 (torchvision's count)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dlscale.forecast import model
+from dlscale.forecast.calibrate import fit_overhead, network_from_comm
 from dlscale.cli import main
 from dlscale.errors import UserError
 
@@ -23,7 +23,7 @@ def comm_rows(world=2):
 
 
 def test_bench_comm_sets_the_links_bandwidth_and_latency(tmp_path):
-    net = model.network_from_comm(write(tmp_path / "bench-comm.json", "comm", comm_rows()))
+    net = network_from_comm(write(tmp_path / "bench-comm.json", "comm", comm_rows()))
     assert net.bandwidth == pytest.approx(1.6e9)  # all_reduce busbw at the largest size
     assert net.latency == pytest.approx(100e-6 / 2)  # smallest size's time over 2(N-1) ring steps
     assert "calibrated from" in net.source
@@ -31,24 +31,24 @@ def test_bench_comm_sets_the_links_bandwidth_and_latency(tmp_path):
 
 def test_a_run_directory_is_read_like_its_result_file(tmp_path):
     write(tmp_path / "bench-comm.json", "comm", comm_rows())
-    assert model.network_from_comm(tmp_path).bandwidth == pytest.approx(1.6e9)
+    assert network_from_comm(tmp_path).bandwidth == pytest.approx(1.6e9)
 
 
 def test_files_that_are_not_bench_results_are_refused(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(UserError, match="is not a 'dlscale bench comm' result"):
-        model.network_from_comm(tmp_path / "x.json")
+        network_from_comm(tmp_path / "x.json")
     with pytest.raises(UserError, match="over 2 or more ranks"):
-        model.network_from_comm(write(tmp_path / "one.json", "comm", comm_rows(world=1)))
+        network_from_comm(write(tmp_path / "one.json", "comm", comm_rows(world=1)))
 
 
 def test_fit_overhead_finds_the_overhead_that_matches_the_measurement():
     def efficiency(overhead):  # a step of 10 ms plus the overhead
         return 0.010 / (0.010 + overhead)
 
-    got = model.fit_overhead({"efficiency": 0.5}, efficiency)
+    got = fit_overhead({"efficiency": 0.5}, efficiency)
     assert got == pytest.approx(0.010, rel=1e-6)
-    assert model.fit_overhead({"efficiency": 0.99}, lambda o: 0.9) == 0.0  # the model is already pessimistic
+    assert fit_overhead({"efficiency": 0.99}, lambda o: 0.9) == 0.0  # the model is already pessimistic
 
 
 def test_calibrated_prediction_reproduces_the_measured_efficiency(tmp_path, capsys):

@@ -10,9 +10,11 @@ import pytest
 
 import dlscale
 from dlscale.cli import compute
+from dlscale.report.compute import compute_report
 from dlscale.errors import UserError
 from dlscale.cli import main
-from dlscale.report.landmarks import FLOPS_PER_PFS_DAY, LANDMARKS, landmark, nearest, pfs_days, rank_among
+from dlscale.report.landmarks import LANDMARKS, landmark, nearest, rank_among
+from dlscale.units import PFS_DAY_FLOPS, pfs_days
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_pfs_day_arithmetic():
-    assert FLOPS_PER_PFS_DAY == 8.64e19
+    assert PFS_DAY_FLOPS == 8.64e19
     assert pfs_days(8.64e19) == pytest.approx(1.0)
     assert pfs_days(0) == 0
 
@@ -84,7 +86,7 @@ def test_cli_on_a_real_run(tiny_run, capsys):
 
 
 def test_chart_without_matplotlib_is_a_note(tiny_run, tmp_path, capsys, monkeypatch):
-    import dlscale.report.landmarks as history
+    import dlscale.report.compute as history
 
     monkeypatch.setattr(history, "have_matplotlib", lambda: False)
     args = argparse.Namespace(run_dir=str(tiny_run), json=True, chart=str(tmp_path / "c.png"))
@@ -97,7 +99,7 @@ def test_chart_without_matplotlib_is_a_note(tiny_run, tmp_path, capsys, monkeypa
 
 def test_summary_pfs_days_mismatch_is_noted(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"total_flops": 8.64e19, "pfs_days": 2.0, "wall_seconds": 7200, "world_size": 4}))
-    obj = compute.compute_report(tmp_path)
+    obj = compute_report(tmp_path)
     assert obj["pfs_days"] == pytest.approx(1.0)
     assert obj["device_hours"] == pytest.approx(8.0)
     assert any("recomputed" in n for n in obj["notes"])

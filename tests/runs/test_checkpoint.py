@@ -111,7 +111,7 @@ import struct
 import subprocess
 import sys
 
-from dlscale.runs.checkpoint import _MetadataUnpickler
+from dlscale.runs.safe_load import _MetadataUnpickler
 
 
 def _short_unicode(text: str) -> bytes:

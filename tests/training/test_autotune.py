@@ -68,9 +68,9 @@ def test_unknown_precision_is_refused():
 @pytest.fixture(autouse=True)
 def quiet_machine(monkeypatch):
     """The load average must not decide whether a cached answer is re-measured in these tests."""
-    from dlscale.hardware import inventory as hardware
+    from dlscale.hardware import contention
 
-    monkeypatch.setattr(hardware, "_machine_busy", lambda: False)
+    monkeypatch.setattr(contention, "machine_busy", lambda: False)
 
 
 FP32, FP32_CL, BF16, BF16_CL = ("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)
@@ -175,13 +175,13 @@ def test_second_call_reads_the_cache(monkeypatch, tmp_path):
 
 
 def test_a_choice_timed_on_a_busy_machine_is_measured_again_once_it_is_quiet(monkeypatch, tmp_path):
-    from dlscale.hardware import inventory as hardware
+    from dlscale.hardware import contention
 
     calls = _fake_timer(monkeypatch, {FP32: 10.0, FP32_CL: 9.0, BF16: 8.0, BF16_CL: 7.0})
-    monkeypatch.setattr(hardware, "_machine_busy", lambda: True)
+    monkeypatch.setattr(contention, "machine_busy", lambda: True)
     _choose()
     assert _choose().cached is True and len(calls) == 4  # still busy: the busy answer is better than none
-    monkeypatch.setattr(hardware, "_machine_busy", lambda: False)
+    monkeypatch.setattr(contention, "machine_busy", lambda: False)
     assert _choose().cached is False and len(calls) == 8  # quiet now: measured again
     assert _choose().cached is True and len(calls) == 8
 
@@ -190,9 +190,9 @@ def test_cache_file_follows_the_peaks_fingerprint(monkeypatch, tmp_path):
     _fake_timer(monkeypatch, {FP32: 10.0, FP32_CL: 9.0, BF16: 8.0, BF16_CL: 7.0})
     _choose()
     (name,) = _cache_files(tmp_path)
-    from dlscale.hardware import inventory as hardware
+    from dlscale.hardware import peaks
 
-    assert name == "settings-" + hardware.cache_path().name.removeprefix("peaks-")
+    assert name == "settings-" + peaks.cache_path().name.removeprefix("peaks-")
     monkeypatch.setattr(torch, "__version__", "0.0.0-other")  # another torch: another file
     calls = _fake_timer(monkeypatch, {FP32: 10.0, FP32_CL: 9.0, BF16: 8.0, BF16_CL: 7.0})
     assert _choose().cached is False and len(calls) == 4
@@ -291,12 +291,12 @@ def test_real_run_on_a_language_model():
 def test_a_stopped_process_holding_the_cache_lock_does_not_stop_this_one(monkeypatch, tmp_path, capfd):
     """Ctrl-Z or ``scontrol suspend`` on a run that holds the settings-cache lock: this one
     waits at most LOCK_WAIT_S, measures for real without the cache and writes nothing."""
-    from test_hardware import stopped_lock_holder
+    from stopped_process import stopped_lock_holder
 
-    from dlscale.hardware import inventory as hardware
+    from dlscale.hardware import contention
 
-    monkeypatch.setattr(hardware, "LOCK_WAIT_S", 0.5)
-    path = autotune._cache_path()
+    monkeypatch.setattr(contention, "LOCK_WAIT_S", 0.5)
+    path = autotune.cache_path()
     with stopped_lock_holder(path) as holder:
         started = time.monotonic()
         choice = _choose()

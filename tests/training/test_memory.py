@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from dlscale.training import memory
+from dlscale.hardware import memory as limits
 from dlscale.errors import UserError
 from dlscale.models import build_model
 
@@ -37,7 +38,7 @@ def _run_python(code: str, limit_as: int | None = None) -> subprocess.CompletedP
 
 
 def test_available_on_a_cpu_is_positive_and_says_where_it_comes_from():
-    found = memory.available(torch.device("cpu"))
+    found = limits.available(torch.device("cpu"))
     assert found is not None and 0 < found.bytes
     assert found.bytes <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # never more than the machine has
     assert found.source
@@ -45,9 +46,9 @@ def test_available_on_a_cpu_is_positive_and_says_where_it_comes_from():
 
 def test_an_address_space_limit_is_found_less_what_the_process_already_has():
     code = (
-        "from dlscale.training import memory; import torch\n"
+        "from dlscale.hardware import memory; import torch\n"
         "a = memory.available(torch.device('cpu'))\n"
-        "size = memory._key_values(memory.Path('/proc/self/status'))['VmSize'] * 1024\n"
+        "size = memory.key_values(memory.Path('/proc/self/status'))['VmSize'] * 1024\n"
         "print(a.bytes, size, a.source)\n"
     )
     done = _run_python(code, limit_as=6 * GiB)
@@ -63,12 +64,12 @@ def test_cgroup_files_are_read_with_the_page_cache_left_out(tmp_path):
     (folder / "memory.max").write_text(f"{4 * GiB}\n")
     (folder / "memory.current").write_text(f"{3 * GiB}\n")
     (folder / "memory.stat").write_text(f"anon 1\ninactive_file {GiB // 2}\nactive_file {GiB // 2}\n")
-    found = memory._cgroup_entry(folder, "memory.max", "memory.current", "memory.stat", ("inactive_file", "active_file"))
+    found = limits.cgroup_entry(folder, "memory.max", "memory.current", "memory.stat", ("inactive_file", "active_file"))
     assert found.bytes == 2 * GiB and "memory.max" in found.source and "4.0 GiB" in found.source
     (folder / "memory.max").write_text("max\n")
-    assert memory._cgroup_entry(folder, "memory.max", "memory.current", "memory.stat", ("inactive_file",)) is None
+    assert limits.cgroup_entry(folder, "memory.max", "memory.current", "memory.stat", ("inactive_file",)) is None
     (folder / "memory.max").write_text("9223372036854771712\n")  # cgroup v1's "no limit"
-    assert memory._cgroup_entry(folder, "memory.max", "memory.current", "memory.stat", ("inactive_file",)) is None
+    assert limits.cgroup_entry(folder, "memory.max", "memory.current", "memory.stat", ("inactive_file",)) is None
 
 
 def _cgroup(folder: Path, limit: str, usage: int, version: int) -> None:
@@ -87,14 +88,14 @@ def test_the_cgroup_of_this_process_and_those_above_it_are_read(monkeypatch, tmp
     _cgroup(root / "job" / "step", str(16 * GiB), 1 * GiB, version)  # a looser limit below it
     membership = tmp_path / "proc-self-cgroup"
     membership.write_text("0::/job/step\n" if version == 2 else "5:cpu:/elsewhere\n4:memory:/job/step\n")
-    monkeypatch.setattr(memory, "CGROUP_ROOTS", (tmp_path / "none", root))
-    found = sorted(memory._cgroup_limits(membership), key=lambda a: a.bytes)
+    monkeypatch.setattr(limits, "CGROUP_ROOTS", (tmp_path / "none", root))
+    found = sorted(limits.cgroup_limits(membership), key=lambda a: a.bytes)
     assert [a.bytes for a in found] == [3 * GiB, 15 * GiB]
     assert str(root / "job") in found[0].source and "(8.0 GiB)" in found[0].source
 
     membership.write_text("0::/host/path/of/a/container\n" if version == 2 else "4:memory:/docker/abc\n")
     _cgroup(root, str(2 * GiB), GiB, version)  # a container sees its own cgroup as the root
-    assert [a.bytes for a in memory._cgroup_limits(membership)] == [GiB]
+    assert [a.bytes for a in limits.cgroup_limits(membership)] == [GiB]
 
 
 # --------------------------------------------------------------------------- what a step needs
@@ -140,13 +141,14 @@ def test_the_figure_is_a_lower_bound_of_what_a_real_step_takes():
     code = (
         "import torch\n"
         "from dlscale.training import memory\n"
+        "from dlscale.hardware import memory as limits\n"
         "from dlscale.models.flops import loss_fn\n"
         "from dlscale.models import build_model\n"
         "model = build_model('cnn', (1, 8, 8), 10).train()\n"
         "x, y = torch.randn(4096, 1, 8, 8), torch.randint(0, 10, (4096,))\n"
         "loss_fn(model(x[:2]), y[:2]).backward(); model.zero_grad(set_to_none=True)\n"
         "figure = memory.step_bytes(model, x, y)\n"
-        "def kib(key): return memory._key_values(memory.Path('/proc/self/status'))[key] * 1024\n"
+        "def kib(key): return limits.key_values(limits.Path('/proc/self/status'))[key] * 1024\n"
         "open('/proc/self/clear_refs', 'w').write('5')\n"
         "start = kib('VmRSS')\n"
         "loss_fn(model(x), y).backward()\n"
@@ -195,12 +197,12 @@ def test_a_batch_that_fits_passes_and_one_that_does_not_is_refused_with_a_size_t
 
 
 def test_workers_of_one_machine_share_its_memory_but_not_their_ulimits(monkeypatch):
-    monkeypatch.setattr(memory, "_mem_available", lambda: [memory.Available(8 * GiB, "MemAvailable")])
-    monkeypatch.setattr(memory, "_cgroup_limits", lambda: [memory.Available(12 * GiB, "cgroup")])
-    monkeypatch.setattr(memory, "_rlimits", lambda: [memory.Available(3 * GiB, "RLIMIT_AS", shared=False)])
+    monkeypatch.setattr(limits, "mem_available", lambda: [limits.Available(8 * GiB, "MemAvailable")])
+    monkeypatch.setattr(limits, "cgroup_limits", lambda: [limits.Available(12 * GiB, "cgroup")])
+    monkeypatch.setattr(limits, "rlimits", lambda: [limits.Available(3 * GiB, "RLIMIT_AS", shared=False)])
     cpu = torch.device("cpu")
-    assert memory.available(cpu) == memory.Available(3 * GiB, "RLIMIT_AS", shared=False)
-    assert memory.available(cpu, processes=4) == memory.Available(2 * GiB, "MemAvailable, shared by 4 workers")
+    assert limits.available(cpu) == limits.Available(3 * GiB, "RLIMIT_AS", shared=False)
+    assert limits.available(cpu, processes=4) == limits.Available(2 * GiB, "MemAvailable, shared by 4 workers")
 
 
 def test_each_worker_checks_its_share_of_the_batch_and_grad_accum_splits_it(monkeypatch):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import last_json, run_cli
-from dlscale.runs.directory import read_metrics
+from dlscale.runs.metrics_log import read_metrics
 
 # fixed settings: separate runs are compared; no periodic checkpoint, so whatever is
 # saved was saved because of the signal

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import last_json, run_cli
-from dlscale.runs.directory import SUMMARY_KEYS, read_metrics
+from dlscale.runs.metrics_log import read_metrics
+from dlscale.runs.results import SUMMARY_KEYS
 
 # settings fixed: two separate runs are compared, and the CPU probe's choice is not the point here
 SLOW_RUN = ["--data", "synthetic:3x32x32", "--max-steps", "56", "--checkpoint-every", "8", "--seed", "3",
@@ -175,10 +176,10 @@ def test_resuming_from_a_tampered_checkpoint_is_one_error_line_and_runs_nothing(
 
 def test_settings_left_open_on_cpu_are_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
     import dlscale
-    from dlscale.hardware import inventory as hardware
+    from dlscale.hardware import contention
 
     monkeypatch.setenv("DLSCALE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(hardware, "_machine_busy", lambda: False)  # else a busy-then-quiet machine re-measures
+    monkeypatch.setattr(contention, "machine_busy", lambda: False)  # else a busy-then-quiet machine re-measures
     first = dlscale.fit("cnn", "digits", max_steps=4, run_dir=str(tmp_path / "a"), verbose=False).summary
     tuned = first["auto_settings"]
     assert set(tuned["step_ms"]) == {"fp32", "fp32+channels_last", "bf16", "bf16+channels_last"}
@@ -309,3 +310,32 @@ def test_a_flag_that_would_change_a_resumed_run_is_refused_naming_it(tmp_path):
     assert (tmp_path / "r/config.toml").read_text() == before
     same = run_cli(["train", "--resume", "r", "--model", "mlp", "--checkpoint-every", "50", "--json"], cwd=tmp_path)
     assert same.returncode == 0, same.stderr[-2000:]  # the same value, and a flag that only says how to run
+
+
+def test_the_typed_summary_starts_with_the_keys_every_run_has_in_their_order():
+    from dataclasses import fields
+
+    from dlscale.training.summary import RunSummary
+
+    names = [f.name for f in fields(RunSummary)]
+    assert names[: len(SUMMARY_KEYS)] == list(SUMMARY_KEYS)
+    assert len(names) == len(set(names))
+
+
+def test_checkpoints_carry_the_totals_under_the_names_older_runs_resume_with():
+    import torch
+
+    from dlscale.training.state import EarlierSessions, TrainState
+    from dlscale.training.timing import StepTimer
+
+    totals = {"warmup_seconds", "timed_seconds", "timed_samples", "timed_data_seconds", "loop_seconds", "wall_seconds"}
+    fresh = TrainState.begin(0, EarlierSessions(), StepTimer(torch.device("cpu"), 2), time.perf_counter())
+    assert set(fresh.carried()) == totals
+    saved = {"warmup_seconds": 1.0, "timed_seconds": 2.0, "timed_samples": 64, "timed_data_seconds": 0.5,
+             "loop_seconds": 3.0, "wall_seconds": 4.0, "time_to_target_seconds": 2.5, "time_to_target_step": 7}
+    earlier = EarlierSessions.from_checkpoint(saved)
+    assert (earlier.wall_seconds, earlier.loop_seconds, earlier.timed_samples) == (4.0, 3.0, 64)
+    resumed = TrainState.begin(10, earlier, StepTimer(torch.device("cpu"), 12), time.perf_counter())
+    carried = resumed.carried()
+    assert set(carried) == totals | {"wall_seconds_before", "time_to_target_seconds", "time_to_target_step"}
+    assert carried["wall_seconds"] >= 4.0 and carried["loop_seconds"] >= 3.0 and carried["time_to_target_step"] == 7

@@ -1,8 +1,10 @@
 """Collective-communication benchmark: all-reduce, all-gather and broadcast over a size
 sweep, timed and reported the way NVIDIA's nccl-tests does it.
 
-Everything here runs through ``torch.distributed`` (Gloo on CPUs, NCCL on CUDA GPUs) in a
-process group the caller has already joined; nothing is a hand-made collective.
+Everything here runs through ``torch.distributed`` (Gloo on CPUs, NCCL on CUDA GPUs);
+nothing is a hand-made collective. ``measure`` times in a process group the caller has
+joined, ``measure_as_rank`` joins one (of one process, when alone) and ``launch_workers``
+starts the workers that do, through torchrun's elastic agent.
 
 Definitions (nccl-tests, ``doc/PERFORMANCE.md``, https://github.com/NVIDIA/nccl-tests):
 
@@ -33,24 +35,22 @@ a backend that returns wrong data is an error, not a fast result.
 
 from __future__ import annotations
 
-import re
+import json
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from dlscale.errors import UserError
 
+if TYPE_CHECKING:
+    from dlscale.distributed.elastic import LaunchPlan
+    from dlscale.distributed.env import ClusterEnv
+
 OPS = ("all_reduce", "all_gather", "broadcast")
-_OP_ALIASES = {
-    "all_reduce": "all_reduce", "allreduce": "all_reduce",
-    "all_gather": "all_gather", "allgather": "all_gather",
-    "broadcast": "broadcast", "bcast": "broadcast",
-}
-DTYPE_NAMES = ("fp32", "bf16", "fp16")
 ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
-MAX_SIZES = 64  # a sweep longer than this is a typo in the range
+ROWS_FILE = "comm-rows.json"  # rank 0's rows, left for the launcher that started the workers
 
 
 # --------------------------------------------------------------------------- definitions
@@ -80,77 +80,6 @@ def busbw_gbps(op: str, nbytes: int, seconds: float, world_size: int) -> float:
     return algbw_gbps(nbytes, seconds) * busbw_factor(op, world_size)
 
 
-# --------------------------------------------------------------------------- parsing
-
-_SIZE = re.compile(r"(\d+)\s*([KMG]?)(?:I?B)?", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``"64M"`` -> 67108864: a whole number of bytes with an optional K/M/G suffix
-    (powers of 1024; ``KB``/``KiB`` are read the same)."""
-    match = _SIZE.fullmatch(text.strip())
-    if not match:
-        raise UserError(
-            f"--sizes: {text.strip()!r} is not a size; write whole bytes with an optional K, M or G "
-            "(powers of 1024), e.g. 1K,1M,64M or 1K:64M:4"
-        )
-    value = int(match[1]) * _UNITS[match[2].upper()]
-    if value < 1:
-        raise UserError(f"--sizes: {text.strip()!r} is zero bytes; sizes start at 1 element")
-    return value
-
-
-def parse_sizes(text: str) -> list[int]:
-    """``"1K,1M,64M"`` (a list) or ``"1K:64M:4"`` (from 1K to at most 64M, multiplying by
-    4, as nccl-tests' ``-b 1K -e 64M -f 4``), or a list mixing both -> sizes in bytes,
-    repeats dropped, in order."""
-    sizes: list[int] = []
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        sizes += _parse_range(part.strip()) if ":" in part else [parse_size(part)]
-    if not sizes:
-        raise UserError("--sizes is empty; give sizes like 1K,1M,64M or a range like 1K:64M:4")
-    sizes = list(dict.fromkeys(sizes))
-    if len(sizes) > MAX_SIZES:
-        raise UserError(f"--sizes {text!r} makes more than {MAX_SIZES} sizes; use a larger factor or fewer sizes")
-    return sizes
-
-
-def _parse_range(text: str) -> list[int]:
-    parts = text.split(":")
-    if len(parts) != 3:
-        raise UserError(f"--sizes range {text!r} must be FROM:TO:FACTOR, e.g. 1K:64M:4")
-    low, high = parse_size(parts[0]), parse_size(parts[1])
-    try:
-        factor = int(parts[2].strip())
-    except ValueError:
-        raise UserError(f"--sizes range {text!r}: the factor {parts[2].strip()!r} must be a whole number of 2 or more") from None
-    if factor < 2:
-        raise UserError(f"--sizes range {text!r}: the factor must be 2 or more, got {factor}")
-    if low > high:
-        raise UserError(f"--sizes range {text!r} runs backwards; write the smaller size first, e.g. 1K:64M:4")
-    sizes = [low]
-    while sizes[-1] * factor <= high and len(sizes) <= MAX_SIZES:
-        sizes.append(sizes[-1] * factor)
-    return sizes
-
-
-def parse_ops(text: str) -> list[str]:
-    """``"all_reduce,broadcast"`` -> the collectives, in order (``allreduce``/``all-reduce`` too)."""
-    ops = []
-    for part in (text or "").split(","):
-        name = part.strip().lower().replace("-", "_")
-        if not name:
-            continue
-        if name not in _OP_ALIASES:
-            raise UserError(f"--ops: {part.strip()!r} is not a collective this benchmark runs; choose from {', '.join(OPS)}")
-        ops.append(_OP_ALIASES[name])
-    if not ops:
-        raise UserError(f"--ops is empty; choose from {', '.join(OPS)}")
-    return list(dict.fromkeys(ops))
-
-
 def human_bytes(nbytes: int) -> str:
     """1024 -> '1 KiB', 1536 -> '1.5 KiB', 100 -> '100 B'; a size no unit states exactly
     in one decimal (one rounded to whole elements) in bytes: 1048572 -> '1,048,572 B'."""
@@ -159,14 +88,6 @@ def human_bytes(nbytes: int) -> str:
             value = nbytes / factor
             return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
     return f"{nbytes:,} B"
-
-
-def human_seconds(seconds: float) -> str:
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.2f} s"
 
 
 def shape_for(op: str, nbytes: int, dtype: str, world_size: int) -> tuple[int, int]:
@@ -309,3 +230,114 @@ def _check(op: str, buffers: dict[str, Any], call: Callable[[], None], rank: int
             f"rank {rank}: {op} of {human_bytes(nbytes)} over {world} ranks returned wrong values "
             f"through {backend} on {device}; the communication library or the link is broken"
         )
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _check_memory(settings: CommSettings, device: str, nproc: int) -> None:
+    """On the CPU every worker holds its buffers in this node's memory: refuse a sweep that
+    cannot fit rather than let the kernel kill a worker halfway."""
+    import torch
+
+    from dlscale.hardware.inventory import memory_bytes
+
+    on_cpu = device.strip().lower() == "cpu" or not torch.cuda.is_available()
+    total = memory_bytes()
+    need = 3 * max(settings.sizes) * nproc  # buffers, plus the backend's staging copies
+    if on_cpu and total and need > 0.8 * total:
+        raise UserError(
+            f"--sizes up to {human_bytes(max(settings.sizes))} in {nproc} workers needs about "
+            f"{human_bytes(need)} of memory and this machine has {human_bytes(total)}; pick smaller --sizes"
+        )
+
+
+def launch_workers(settings: CommSettings, plan: LaunchPlan, device: str, worker_flags: list[str], run_dir: str | None,
+                   say: Callable[[str], None]) -> tuple[dict[str, Any], Path] | None:
+    """Start the plan's workers through torchrun's elastic agent, each running ``dlscale bench
+    comm --worker-of RUN_DIR WORKER_FLAGS``; the result object and the file it was written
+    to, or None where rank 0 ran on another node (whose launcher writes the result)."""
+    from dlscale.bench.common import bench_run_dir, result_object, write_result
+    from dlscale.distributed.elastic import check_devices, launch
+    from dlscale.runs import directory as runs
+
+    check_devices(device, plan.nproc)
+    _check_memory(settings, device, plan.nproc)
+    world = plan.nproc * plan.nnodes
+    path = bench_run_dir("comm", f"{world}ranks", run_dir)
+    runs.create_run_dir(path)  # the workers' logs go here from the start
+    say(f"dlscale: starting {world} workers ({plan.nproc} per node) through torchrun's elastic agent → {path}")
+    launch(["bench", "comm", "--worker-of", str(path), *worker_flags], plan, log_dir=path / "logs")
+    rows_path = path / ROWS_FILE
+    if not rows_path.exists():
+        if plan.nnodes > 1:  # rank 0 ran on another node: its launcher reports
+            return None
+        raise UserError(f"the workers finished but wrote no {rows_path}; see their logs under {path / 'logs'}")
+    written = json.loads(rows_path.read_text())
+    result = result_object(written["rows"], kind="comm", **_result_meta(settings, written))
+    result_path = write_result(path, "comm", result)
+    rows_path.unlink(missing_ok=True)  # the rows now live in bench-comm.json
+    return result, result_path
+
+
+def measure_as_rank(settings: CommSettings, env: ClusterEnv, device: str, timeout_s: float, worker_of: str | None,
+                    run_dir: str | None, say: Callable[[str], None]) -> tuple[dict[str, Any], Path] | None:
+    """Measure as one rank of the job ``env`` describes (a group of one when it is one
+    process): rank 0 leaves the rows in ``worker_of`` for its launcher, or writes the result
+    itself; the result object and its file where this rank wrote one, else None."""
+    import torch.distributed as tdist
+
+    from dlscale.bench.common import bench_run_dir, result_object, write_result
+    from dlscale.distributed import process_group as dist
+    from dlscale.hardware.device import resolve_device
+    from dlscale.runs.files import write_json
+
+    if not worker_of and env.world_size == 1:  # one rank in this process
+        _check_memory(settings, device, 1)
+    torch_device = resolve_device(device, env.local_rank)
+    if torch_device.type not in ("cpu", "cuda"):
+        raise UserError(f"torch.distributed has no backend for {torch_device.type}; use --device cpu")
+    if env.world_size > 1:
+        dist.init(env, torch_device, timeout_s)
+    own_group = not tdist.is_initialized()
+    if own_group:
+        dist.init_alone(torch_device, timeout_s)
+    try:
+        main = tdist.get_rank() == 0
+        world = tdist.get_world_size()
+        if not worker_of:  # started by torchrun/srun/mpirun or --nproc 1: rank 0 reports
+            run_dir = dist.on_main(lambda: bench_run_dir("comm", f"{world}ranks", run_dir))
+        if main:
+            say(f"dlscale bench comm: {world} rank(s), {tdist.get_backend()} on {torch_device.type}, {settings.dtype}")
+        try:
+            rows = measure(settings, torch_device, say=say if main else None)
+        except (RuntimeError, dist.DistError) as exc:
+            failure = dist.collective_failure(exc, timeout_s)
+            if failure is not None:
+                raise failure from None
+            raise
+        if not main:
+            return None
+        nodes = max(1, env.world_size // env.local_world_size) if env.world_size > 1 else 1
+        meta = {"world_size": rows[0]["world_size"], "nodes": nodes, "backend": rows[0]["backend"], "device": rows[0]["device"]}
+        if worker_of:
+            write_json(Path(worker_of) / ROWS_FILE, {**meta, "rows": rows})
+            return None
+        result = result_object(rows, kind="comm", **_result_meta(settings, meta))
+        return result, write_result(Path(run_dir), "comm", result)
+    finally:
+        if own_group:
+            tdist.destroy_process_group()
+        else:
+            dist.shutdown()
+
+
+def _result_meta(settings: CommSettings, written: dict[str, Any]) -> dict[str, Any]:
+    """Top-level keys of the result object besides the rows."""
+    return {
+        "world_size": written["world_size"], "nodes": written["nodes"], "backend": written["backend"],
+        "device": written["device"],
+        "dtype": settings.dtype, "ops": list(settings.ops), "sizes": list(settings.sizes),
+        "iters": settings.iters, "warmup": settings.warmup,
+        "time": "slowest rank's mean over iters", "gbps": "1e9 bytes/s",
+    }

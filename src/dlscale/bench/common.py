@@ -7,31 +7,32 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from dlscale.runs import directory as runs
 from dlscale.hardware.provenance import provenance
+from dlscale.runs import results
+from dlscale.runs.directory import check_new_run_dir, create_run_dir, default_run_dir
 
 
 def bench_run_dir(kind: str, model: str, requested: str | None) -> Path:
     """``--run-dir`` or runs/<UTC-time>-bench-<kind>-<model>/: checked now (before any work),
     created by ``write_result`` once there is a result, so a failed benchmark leaves nothing."""
-    path = Path(requested) if requested else runs.default_run_dir(f"bench-{kind}", model)
-    runs.check_new_run_dir(path)
+    path = Path(requested) if requested else default_run_dir(f"bench-{kind}", model)
+    check_new_run_dir(path)
     return path
 
 
-def result_object(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    """The bench JSON object: provenance, the rows, and the first row's keys repeated at the
-    top level so a single-setting benchmark reads flat."""
+def result_object(rows: list[dict[str, Any]], *, kind: str, **extra: Any) -> dict[str, Any]:
+    """The result object of a benchmark or a forecast (``kind``, see runs.results):
+    provenance, the rows, and the first row's keys repeated at the top level so a
+    single-setting benchmark reads flat."""
     flat = dict(rows[0]) if rows else {}
-    return {**flat, **extra, "provenance": provenance(), "results": rows}
+    return results.stamp(kind, {**flat, **extra, "provenance": provenance(), "results": rows})
 
 
 def write_result(run_dir: Path, kind: str, result: dict[str, Any]) -> Path:
+    """bench-<kind>.json in ``run_dir``, which is created now: a failed benchmark leaves nothing."""
     if not run_dir.is_dir():
-        runs.create_run_dir(run_dir)
-    path = run_dir / f"bench-{kind}.json"
-    runs.write_json(path, result)
-    return path
+        create_run_dir(run_dir)
+    return results.write_bench(run_dir, kind, result)
 
 
 def median_spread(values: list[float]) -> tuple[float, float]:

@@ -34,22 +34,17 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from dlscale.runs import checkpoint
-from dlscale.training import config as config_mod
 from dlscale.data.batches import eval_batches
 from dlscale.bench.common import percentile
-from dlscale.data import DataSpec, Splits, load_data
+from dlscale.bench.targets import Target
 from dlscale.hardware.device import DTYPES, describe, synchronize
 from dlscale.errors import UserError
 from dlscale.models.flops import count as count_flops
-from dlscale.models import build_model, model_info
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 MODES = ("eager", "compiled")
@@ -87,78 +82,6 @@ class InferSettings:
 
 def default_precisions(device: torch.device) -> tuple[str, ...]:
     return ("fp32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16")
-
-
-@dataclass
-class Target:
-    """The model under test and what its inputs look like."""
-
-    name: str
-    model: nn.Module  # fp32 (benchmark moves it to the device)
-    kind: str  # "image" or "tokens"
-    input_shape: tuple[int, ...]  # one sample: (C, H, W), (F,) or (seq_len,)
-    num_classes: int  # classes, or the vocabulary size of a language model
-    conv: bool
-    test: Dataset | None = None  # a trained run's test split
-    source_run: str | None = None
-
-
-# --------------------------------------------------------------------------- what to benchmark
-
-
-def zoo_target(name: str, input_shape: tuple[int, ...] | None = None, seed: int = 0) -> Target:
-    """A zoo model with fresh weights (speed does not depend on them)."""
-    info = model_info(name)
-    shape = tuple(input_shape) if input_shape else info.default_input_shape
-    torch.manual_seed(seed)
-    model = build_model(name, shape, info.default_num_classes)
-    return Target(name, model, info.kind, shape, info.default_num_classes, info.conv)
-
-
-def load_trained_run(run_dir: str | Path) -> tuple[str, nn.Module, Splits]:
-    """The model name, the trained model (fp32, CPU, eval) and the data splits of a run
-    written by ``dlscale train``: its config.toml says model and data, its newest
-    complete checkpoint holds the weights (read with weights_only)."""
-    run_dir = Path(run_dir)
-    config_file = run_dir / "config.toml"
-    if not config_file.is_file():
-        raise UserError(
-            f"--run {run_dir}: no run there (no config.toml); give a directory written by dlscale train, "
-            "such as runs/<timestamp>-<model>-<data>"
-        )
-    config = config_mod.build(config_mod.read_toml(config_file))
-    try:
-        info = model_info(config.model)
-    except UserError:
-        raise UserError(
-            f"run {run_dir} trained model {config.model!r}, which is not in the zoo; "
-            "bench infer can rebuild zoo models only (use --model NAME to time one)"
-        ) from None
-    found = checkpoint.newest_checkpoint(run_dir)
-    if found is None:
-        raise UserError(
-            f"run {run_dir} has no complete checkpoint (checkpoints/step-N/) to take weights from; "
-            "let the run finish or continue it with dlscale train --resume"
-        )
-    spec = DataSpec(kind=info.kind, input_shape=info.default_input_shape, num_classes=info.default_num_classes)
-    splits = load_data(config.data, spec, seed=config.seed, synthetic_samples=config.synthetic_samples)
-    model = build_model(config.model, splits.input_shape, splits.num_classes)
-    try:
-        checkpoint.load_model(found, model)
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise UserError(
-            f"checkpoint {found} does not fit model {config.model} on {config.data} "
-            f"({str(exc).splitlines()[0][:160]}); was the run's data changed since it trained?"
-        ) from None
-    return config.model, model.eval(), splits
-
-
-def run_target(run_dir: str | Path) -> Target:
-    name, model, splits = load_trained_run(run_dir)
-    return Target(
-        name, model, splits.kind, tuple(splits.input_shape), splits.num_classes, model_info(name).conv,
-        test=splits.test, source_run=str(run_dir),
-    )
 
 
 # --------------------------------------------------------------------------- the sweep

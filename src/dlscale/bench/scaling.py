@@ -1,7 +1,7 @@
 """Scaling study: the training benchmark at each worker count, with speedup, efficiency and
 where the time goes.
 
-Definitions (DESIGN.md):
+Definitions (weak scaling as Goyal et al. 2017 and Horovod report it; strong scaling as in Amdahl's law):
 - weak scaling (default): fixed per-worker batch; efficiency = throughput(N) / (N x throughput(1)),
   speedup = throughput(N) / throughput(1);
 - strong scaling: fixed global batch; speedup S(N) = T(1) / T(N) (step times), efficiency = S(N) / N.
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from dlscale.distributed import process_group as dist
-from dlscale.bench.train import Setting, Workload, _stepper
+from dlscale.bench.train import Setting, Workload, stepper_for
 from dlscale.hardware.device import synchronize
 from dlscale.hardware.mfu import global_counts
 from dlscale.training.step import train_step
@@ -57,7 +57,7 @@ def measure_workers(
     workload: Workload, setting: Setting, device: torch.device, steps: int, warmup: int, repeats: int
 ) -> dict[str, Any]:
     """Run inside each worker of one worker count; every worker returns the same row."""
-    stepper = _stepper(workload, setting, device)
+    stepper = stepper_for(workload, setting, device)
     batch = workload.batch(setting.batch_size, device)
     for _ in range(warmup):
         train_step(stepper, *batch)

@@ -24,8 +24,13 @@ from dlscale.training.config import TrainConfig
 from dlscale.hardware.device import peak_memory_bytes, reset_peak_memory, synchronize
 from dlscale.models.flops import count as count_flops
 from dlscale.hardware.mfu import utilisation
+from dlscale.hardware.peaks import peak_for
 from dlscale.models import ModelInfo, build_model
 from dlscale.training.step import build_stepper, train_step
+from dlscale.data.synthetic import parse_shape
+from dlscale.errors import UserError
+from dlscale.training.autotune import PROBE_SAMPLES
+from dlscale.training.settings import Settings, data_spec, probe_key, resolve
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,29 @@ class Workload:
         return x.to(device), torch.randint(0, self.num_classes, (size,), generator=generator).to(device)
 
 
-def _stepper(workload: Workload, setting: Setting, device: torch.device):
+def workload_for(info: ModelInfo, data: str) -> Workload:
+    """The model and its synthetic sample shape (the model's own, or --data synthetic:SHAPE)."""
+    kind, shape = parse_shape(data, data_spec(info))
+    if kind != info.kind:
+        wanted = "synthetic:SEQ_LEN (token sequences)" if info.kind == "tokens" else "synthetic:CxHxW (images)"
+        raise UserError(f"{info.name} needs {wanted}, not --data {data}")
+    return Workload(info=info, input_shape=tuple(shape), num_classes=info.default_num_classes)
+
+
+def resolve_settings(
+    workload: Workload, device: torch.device, batch_size: int | None, precision: str = "auto",
+    compile: bool | None = None, channels_last: bool | None = None,
+) -> Settings:
+    """The settings ``dlscale train`` would use for this model on ``device`` (the same
+    resolver; on a CPU the same probe, on a batch of this shape), where the user left them open."""
+    probe = workload.batch(min(batch_size or PROBE_SAMPLES, PROBE_SAMPLES), torch.device("cpu"))
+    return resolve(
+        device, workload.build(), probe, key=probe_key(workload.info.name, workload.input_shape, workload.num_classes),
+        precision=precision, compile=compile, channels_last=channels_last, conv=workload.info.conv,
+    )
+
+
+def stepper_for(workload: Workload, setting: Setting, device: torch.device):
     config = TrainConfig(
         model=workload.info.name, batch_size=setting.batch_size, precision=setting.precision,
         compile=setting.compile, channels_last=setting.channels_last, lr=1e-4, weight_decay=0.0,
@@ -76,17 +103,18 @@ def measure(
     on_step: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """One benchmark row: warm-up timed apart, then ``repeats`` x ``steps`` timed steps."""
+    peak = peak_for(device, setting.precision)  # before timing: the first run on a machine measures its peaks
     model = workload.build()
     x, y = workload.batch(setting.batch_size, device)
     flops = count_flops(model, x[:2].cpu(), y[:2].cpu())
-    stepper = _stepper(workload, setting, device)
+    stepper = stepper_for(workload, setting, device)
     with keep_freed_memory(device.type == "cpu"):  # as training runs it: see dlscale.training.allocator
         warmup_s, step_times, losses = _time_steps(stepper, x, y, device, steps, warmup, repeats, on_step)
     finite = bool(torch.isfinite(torch.stack(losses)).all())
     median, spread = median_spread(step_times)
     samples_per_second = setting.batch_size / median
     flops_per_sample = flops.train_per_sample if flops else None
-    usage = utilisation(flops_per_sample, samples_per_second, device, setting.precision)
+    usage = utilisation(flops_per_sample, samples_per_second, device, setting.precision, peak=peak)
     seq_len = workload.input_shape[0] if workload.tokens else None
     return {
         "model": workload.info.name,
@@ -144,7 +172,7 @@ def _time_steps(stepper, x, y, device, steps: int, warmup: int, repeats: int, on
 def fits(workload: Workload, setting: Setting, device: torch.device, memory_cap: int | None) -> bool:
     """Whether two training steps at this batch run within the device's memory (or the CPU cap)."""
     try:
-        stepper = _stepper(workload, setting, device)
+        stepper = stepper_for(workload, setting, device)
         x, y = workload.batch(setting.batch_size, device)
         reset_peak_memory(device)
         for _ in range(2):

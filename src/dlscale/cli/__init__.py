@@ -1,5 +1,6 @@
-"""The ``dlscale`` command: parsing only. Each subcommand is a module of
-``dlscale.commands`` with ``add_parser(subparsers)`` and ``run(args)``.
+"""The ``dlscale`` command: parsing and printing only. Each subcommand is a module of
+this package with ``add_parser(subparsers)`` and ``run(args)``, which parses, calls one
+library function and prints its result.
 
 A user's mistake ends with one line ``error: ...`` on stderr and exit code 2, never a
 traceback; ``--json`` puts one JSON object on the last line of stdout while human
@@ -13,10 +14,9 @@ import os
 import sys
 from typing import NoReturn
 
-from dlscale import __version__
+from dlscale.version import __version__
 from dlscale.cli import bench, compute, hw, lab, launch, predict, report, train
-from dlscale.errors import UserError
-from dlscale.training.signals import Stopped
+from dlscale.errors import Stopped, UserError
 
 EXIT_USER_ERROR = 2
 

@@ -4,10 +4,10 @@ sweep, as nccl-tests reports it (time, algbw, busbw; see dlscale.bench.comm).
 Three ways to run:
 
 - **launcher** (``--nproc N`` above 1 or ``--nnodes`` above 1, started by a user): start N
-  workers through torchrun's elastic agent (dlscale.distributed.elastic, like ``dlscale train``), each
-  running ``dlscale bench comm --worker-of RUN_DIR <the same flags>``; rank 0 writes the
-  rows to RUN_DIR/comm-rows.json, and the launcher prints the table and writes
-  bench-comm.json.
+  workers through torchrun's elastic agent (``dlscale.bench.comm.launch_workers``, like
+  ``dlscale train``), each running ``dlscale bench comm --worker-of RUN_DIR <the same flags>``;
+  rank 0 writes the rows to RUN_DIR/comm-rows.json, and the launcher prints the table and
+  writes bench-comm.json.
 - **worker** (``--worker-of``, or started by torchrun/srun/mpirun with a world size above
   1): join the process group and measure; with no ``--worker-of``, rank 0 reports itself.
 - **one process** (``--nproc 1``): a process group of one rank, in this process.
@@ -16,13 +16,12 @@ Three ways to run:
 from __future__ import annotations
 
 import argparse
-import json
+import functools
+import re
 from pathlib import Path
 from typing import Any
 
 from dlscale.errors import UserError
-
-ROWS_FILE = "comm-rows.json"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -73,8 +72,10 @@ def _ops() -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dlscale.bench.comm import CommSettings, parse_ops, parse_sizes, shape_for
+    from dlscale.bench import comm
+    from dlscale.distributed.elastic import LaunchPlan
     from dlscale.distributed.env import detect
+    from dlscale.progress import make_console
 
     for name in ("nproc", "iters", "nnodes"):
         if getattr(args, name) < 1:
@@ -83,58 +84,27 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--warmup must be 0 or more, got {args.warmup}")
     if not args.timeout > 0:
         raise UserError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
-    settings = CommSettings(
+    settings = comm.CommSettings(
         sizes=tuple(parse_sizes(args.sizes)), ops=tuple(parse_ops(args.ops)),
         dtype=args.dtype, iters=args.iters, warmup=args.warmup,
     )
     for size in settings.sizes:
-        shape_for("all_reduce", size, settings.dtype, 1)  # a size below one element is refused here
-    env = detect()
-    if args.worker_of or env.world_size > 1:
-        return _worker(args, settings, env)
-    if args.nproc * args.nnodes == 1:  # one rank: measure in this process
-        _check_memory(args, settings)
-        return _worker(args, settings, env)
-    return _launch(args, settings)
-
-
-# --------------------------------------------------------------------------- launcher
-
-
-def _launch(args: argparse.Namespace, settings: Any) -> int:
-    from dlscale.runs import directory as runs
-    from dlscale.bench.common import bench_run_dir, result_object, write_result
-    from dlscale.distributed.elastic import LaunchPlan, failure_line, run_workers
-    from dlscale.progress import make_console
-
-    _check_devices(args)
-    _check_memory(args, settings)
-    world = args.nproc * args.nnodes
-    run_dir = bench_run_dir("comm", f"{world}ranks", args.run_dir)
-    runs.create_run_dir(run_dir)  # the workers' logs go here from the start
-    plan = LaunchPlan(
-        nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint,
-        master_addr=args.master_addr, master_port=args.master_port,
-    )
+        comm.shape_for("all_reduce", size, settings.dtype, 1)  # a size below one element is refused here
     console = make_console()
-    _say(console, f"dlscale: starting {world} workers ({args.nproc} per node) through torchrun's elastic agent → {run_dir}")
-    failed = run_workers(["bench", "comm", "--worker-of", str(run_dir), *_worker_flags(args)], plan, log_dir=run_dir / "logs")
-    if failed:
-        first = min(failed)
-        said = failure_line(run_dir / "logs")
-        reason = said[len("error: "):] if said else f"see its log under {run_dir / 'logs'}"
-        raise UserError(f"worker rank {first} failed (exit code {failed[first]}): {reason}")
-    rows_path = run_dir / ROWS_FILE
-    if not rows_path.exists():
-        if args.nnodes > 1:  # rank 0 ran on another node: its launcher reports
-            _say(console, "done; rank 0 ran on another node, whose launcher prints and writes the result")
-            return 0
-        raise UserError(f"the workers finished but wrote no {rows_path}; see their logs under {run_dir / 'logs'}")
-    written = json.loads(rows_path.read_text())
-    result = result_object(written["rows"], kind="comm", **_meta(settings, written))
-    path = write_result(run_dir, "comm", result)
-    rows_path.unlink(missing_ok=True)  # the rows now live in bench-comm.json
-    _report(console, result, path, args.json)
+    say = functools.partial(_say, console)
+    env = detect()
+    if args.worker_of or env.world_size > 1 or args.nproc * args.nnodes == 1:  # a worker, or one rank here
+        done = comm.measure_as_rank(settings, env, args.device, args.timeout, args.worker_of, args.run_dir, say)
+    else:
+        plan = LaunchPlan(
+            nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint,
+            master_addr=args.master_addr, master_port=args.master_port,
+        )
+        done = comm.launch_workers(settings, plan, args.device, _worker_flags(args), args.run_dir, say)
+        if done is None:
+            say("done; rank 0 ran on another node, whose launcher prints and writes the result")
+    if done is not None:
+        _report(console, *done, args.json)
     return 0
 
 
@@ -146,139 +116,90 @@ def _worker_flags(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def _check_devices(args: argparse.Namespace) -> None:
-    """NCCL needs one GPU per worker: say so before starting workers that would collide."""
-    import torch
+# --------------------------------------------------------------------------- parsing
 
-    requested = args.device.strip().lower()
-    if requested == "mps":
-        raise UserError("torch.distributed has no MPS backend; use --device cpu")
-    if requested == "cpu" or not torch.cuda.is_available():
-        if requested.startswith("cuda"):
-            from dlscale.hardware.device import resolve_device
+_OP_ALIASES = {
+    "all_reduce": "all_reduce", "allreduce": "all_reduce",
+    "all_gather": "all_gather", "allgather": "all_gather",
+    "broadcast": "broadcast", "bcast": "broadcast",
+}
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+MAX_SIZES = 64  # a sweep longer than this is a typo in the range
 
-            resolve_device(requested)  # the clear "no CUDA GPU" error
-        return
-    if requested not in ("auto", "cuda"):
-        if args.nproc > 1:
-            raise UserError(f"--device {args.device} puts every worker on one GPU; with --nproc above 1 use --device cuda (one GPU per worker)")
-        return
-    gpus = torch.cuda.device_count()
-    if args.nproc > gpus:
-        raise UserError(f"--nproc {args.nproc} but this node has {gpus} GPU(s) and NCCL needs one per worker; "
-                        f"use --nproc {gpus} or less, or --device cpu")
+_SIZE = re.compile(r"(\d+)\s*([KMG]?)(?:I?B)?", re.IGNORECASE)
 
 
-def _check_memory(args: argparse.Namespace, settings: Any) -> None:
-    """On the CPU every worker holds its buffers in this node's memory: refuse a sweep that
-    cannot fit rather than let the kernel kill a worker halfway."""
-    import torch
-
-    from dlscale.hardware.inventory import memory_bytes
-
-    on_cpu = args.device.strip().lower() == "cpu" or not torch.cuda.is_available()
-    total = memory_bytes()
-    need = 3 * max(settings.sizes) * args.nproc  # buffers, plus the backend's staging copies
-    if on_cpu and total and need > 0.8 * total:
-        from dlscale.bench.comm import human_bytes
-
+def parse_size(text: str) -> int:
+    """``"64M"`` -> 67108864: a whole number of bytes with an optional K/M/G suffix
+    (powers of 1024; ``KB``/``KiB`` are read the same)."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
         raise UserError(
-            f"--sizes up to {human_bytes(max(settings.sizes))} in {args.nproc} workers needs about "
-            f"{human_bytes(need)} of memory and this machine has {human_bytes(total)}; pick smaller --sizes"
+            f"--sizes: {text.strip()!r} is not a size; write whole bytes with an optional K, M or G "
+            "(powers of 1024), e.g. 1K,1M,64M or 1K:64M:4"
         )
+    value = int(match[1]) * _UNITS[match[2].upper()]
+    if value < 1:
+        raise UserError(f"--sizes: {text.strip()!r} is zero bytes; sizes start at 1 element")
+    return value
 
 
-# --------------------------------------------------------------------------- worker
+def parse_sizes(text: str) -> list[int]:
+    """``"1K,1M,64M"`` (a list) or ``"1K:64M:4"`` (from 1K to at most 64M, multiplying by
+    4, as nccl-tests' ``-b 1K -e 64M -f 4``), or a list mixing both -> sizes in bytes,
+    repeats dropped, in order."""
+    sizes: list[int] = []
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        sizes += _parse_range(part.strip()) if ":" in part else [parse_size(part)]
+    if not sizes:
+        raise UserError("--sizes is empty; give sizes like 1K,1M,64M or a range like 1K:64M:4")
+    sizes = list(dict.fromkeys(sizes))
+    if len(sizes) > MAX_SIZES:
+        raise UserError(f"--sizes {text!r} makes more than {MAX_SIZES} sizes; use a larger factor or fewer sizes")
+    return sizes
 
 
-def _worker(args: argparse.Namespace, settings: Any, env: Any) -> int:
-    import torch.distributed as tdist
-
-    from dlscale.distributed import process_group as dist
-    from dlscale.bench.comm import measure
-    from dlscale.hardware.device import resolve_device
-    from dlscale.progress import make_console
-
-    device = resolve_device(args.device, env.local_rank)
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"torch.distributed has no backend for {device.type}; use --device cpu")
-    if env.world_size > 1:
-        dist.init(env, device, args.timeout)
-    own_group = not tdist.is_initialized()
-    if own_group:  # one rank: dist.init starts nothing, so join a group of one here
-        _single_rank_group(device, args.timeout)
+def _parse_range(text: str) -> list[int]:
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise UserError(f"--sizes range {text!r} must be FROM:TO:FACTOR, e.g. 1K:64M:4")
+    low, high = parse_size(parts[0]), parse_size(parts[1])
     try:
-        main = tdist.get_rank() == 0
-        console = make_console()
-        run_dir = None
-        if not args.worker_of:  # started by torchrun/srun/mpirun or --nproc 1: rank 0 reports
-            from dlscale.bench.common import bench_run_dir
-
-            world = tdist.get_world_size()
-            run_dir = dist.on_main(lambda: bench_run_dir("comm", f"{world}ranks", args.run_dir))
-        say = (lambda text: _say(console, text)) if main else None
-        if main:
-            _say(console, f"dlscale bench comm: {tdist.get_world_size()} rank(s), {tdist.get_backend()} on {device.type}, "
-                          f"{settings.dtype}")
-        try:
-            rows = measure(settings, device, say=say)
-        except (RuntimeError, dist.DistError) as exc:
-            failure = dist.collective_failure(exc, args.timeout)
-            if failure is not None:
-                raise failure from None
-            raise
-        if not main:
-            return 0
-        nodes = max(1, env.world_size // env.local_world_size) if env.world_size > 1 else 1
-        meta = {"world_size": rows[0]["world_size"], "nodes": nodes, "backend": rows[0]["backend"], "device": rows[0]["device"]}
-        if args.worker_of:
-            from dlscale.runs.directory import write_json
-
-            write_json(Path(args.worker_of) / ROWS_FILE, {**meta, "rows": rows})
-            return 0
-        from dlscale.bench.common import result_object, write_result
-
-        result = result_object(rows, kind="comm", **_meta(settings, meta))
-        path = write_result(run_dir, "comm", result)
-        _report(console, result, path, args.json)
-        return 0
-    finally:
-        if own_group:
-            tdist.destroy_process_group()
-        else:
-            dist.shutdown()
+        factor = int(parts[2].strip())
+    except ValueError:
+        raise UserError(f"--sizes range {text!r}: the factor {parts[2].strip()!r} must be a whole number of 2 or more") from None
+    if factor < 2:
+        raise UserError(f"--sizes range {text!r}: the factor must be 2 or more, got {factor}")
+    if low > high:
+        raise UserError(f"--sizes range {text!r} runs backwards; write the smaller size first, e.g. 1K:64M:4")
+    sizes = [low]
+    while sizes[-1] * factor <= high and len(sizes) <= MAX_SIZES:
+        sizes.append(sizes[-1] * factor)
+    return sizes
 
 
-def _single_rank_group(device: Any, timeout: float) -> None:
-    import datetime
-
-    import torch
-    import torch.distributed as tdist
-
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    tdist.init_process_group(
-        backend="nccl" if device.type == "cuda" else "gloo", store=tdist.HashStore(), rank=0, world_size=1,
-        timeout=datetime.timedelta(seconds=timeout),
-    )
+def parse_ops(text: str) -> list[str]:
+    """``"all_reduce,broadcast"`` -> the collectives, in order (``allreduce``/``all-reduce`` too)."""
+    ops = []
+    for part in (text or "").split(","):
+        name = part.strip().lower().replace("-", "_")
+        if not name:
+            continue
+        if name not in _OP_ALIASES:
+            raise UserError(f"--ops: {part.strip()!r} is not a collective this benchmark runs; choose from {', '.join(_ops())}")
+        ops.append(_OP_ALIASES[name])
+    if not ops:
+        raise UserError(f"--ops is empty; choose from {', '.join(_ops())}")
+    return list(dict.fromkeys(ops))
 
 
 # --------------------------------------------------------------------------- output
 
 
-def _meta(settings: Any, written: dict[str, Any]) -> dict[str, Any]:
-    """Top-level keys of the result object besides the rows."""
-    return {
-        "world_size": written["world_size"], "nodes": written["nodes"], "backend": written["backend"],
-        "device": written["device"],
-        "dtype": settings.dtype, "ops": list(settings.ops), "sizes": list(settings.sizes),
-        "iters": settings.iters, "warmup": settings.warmup,
-        "time": "slowest rank's mean over iters", "gbps": "1e9 bytes/s",
-    }
-
-
 def _report(console: Any, result: dict[str, Any], path: Path, as_json: bool) -> None:
-    from dlscale.runs.directory import to_json
+    from dlscale.runs.files import to_json
 
     console.print(_table(result))
     _say(console, _note(result))
@@ -291,7 +212,7 @@ def _table(result: dict[str, Any]):
     from rich import box
     from rich.table import Table
 
-    from dlscale.bench.comm import human_bytes, human_seconds
+    from dlscale.bench.comm import human_bytes
 
     title = f"bench comm: {result['world_size']} ranks, {result['backend']} on {result['device']}, {result['dtype']}"
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
@@ -301,7 +222,7 @@ def _table(result: dict[str, Any]):
     previous = None
     for row in result["results"]:
         table.add_row(
-            row["op"] if row["op"] != previous else "", human_bytes(row["bytes"]), human_seconds(row["time_s"]),
+            row["op"] if row["op"] != previous else "", human_bytes(row["bytes"]), _human_seconds(row["time_s"]),
             f"{row['algbw_gbps']:.3f}", f"{row['busbw_gbps']:.3f}",
             end_section=False,
         )
@@ -326,3 +247,11 @@ def _note(result: dict[str, Any]) -> str:
 def _say(console: Any, text: str) -> None:
     """A plain line: no markup (paths hold brackets), no wrapping."""
     console.print(text, markup=False, soft_wrap=True)
+
+
+def _human_seconds(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"

@@ -45,11 +45,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dlscale.bench import infer
-    from dlscale.bench.common import bench_run_dir, result_object, write_result
+    from dlscale.bench import infer, targets
+    from dlscale.bench.common import bench_run_dir
+    from dlscale.bench.run_infer import run_bench_infer
     from dlscale.hardware.device import describe, resolve_device
     from dlscale.progress import make_console
-    from dlscale.runs.directory import to_json
+    from dlscale.runs.files import to_json
 
     device = resolve_device(args.device)
     settings = infer.InferSettings(
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.run and args.input_shape:
         raise UserError("--input-shape goes with --model; a --run's data sets the input shape")
     shape = tuple(_integers("--input-shape", args.input_shape, "x")) if args.input_shape else None
-    target = infer.run_target(args.run) if args.run else infer.zoo_target(args.model or "cnn", shape)
+    target = targets.run_target(args.run) if args.run else targets.zoo_target(args.model or "cnn", shape)
     run_dir = bench_run_dir("infer", target.name, args.run_dir)
 
     console = make_console()
@@ -73,13 +74,8 @@ def run(args: argparse.Namespace) -> int:
         f"{describe(device)} · {settings.warmup} warm-up + {settings.batches} timed batches per setting"
     )
     with _Bar(console, len(settings.batch_sizes) * len(settings.precisions) * len(settings.modes)) as bar:
-        rows = infer.benchmark(target, settings, device, note=bar.note, step=bar.step)
-
-    result = result_object(
-        rows, kind="infer", model=target.name, run=target.source_run,
-        input_shape=list(target.input_shape), batches=settings.batches, warmup=settings.warmup,
-    )
-    path = write_result(run_dir, "infer", result)
+        result, path = run_bench_infer(target, settings, device, run_dir, note=bar.note, step=bar.step)
+    rows = result["results"]
     console.print(_table(target.name, describe(device), rows))
     _say(console, _fastest(rows, target.source_run is not None))
     compiled = [r for r in rows if r["mode"] == "compiled" and not r["skipped"]]

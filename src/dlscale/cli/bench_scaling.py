@@ -4,12 +4,11 @@ efficiency and the step time split into compute, exposed communication and data 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 from dlscale.errors import UserError
+from dlscale.training.config import PRECISIONS
 
 
 def add_parser(subparsers: Any) -> None:
@@ -33,8 +32,10 @@ def add_parser(subparsers: Any) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--weak", dest="strong", action="store_false", help="fixed per-worker batch (default)")
     mode.add_argument("--strong", dest="strong", action="store_true", help="fixed global batch")
-    add("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="default auto")
+    add("--precision", default="auto", choices=PRECISIONS, help="default auto")
     add("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    add("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+        help="default: as `dlscale train` picks it (conv nets on CUDA; measured on a CPU)")
     add("--steps", type=int, default=10, help="timed steps per repeat (default 10)")
     add("--warmup", type=int, default=3, help="warm-up steps (default 3)")
     add("--repeats", type=int, default=3, help="repeats: the median is reported (default 3)")
@@ -56,18 +57,14 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
-def _setting_and_workload(args: argparse.Namespace, per_worker_batch: int):
-    from dlscale.bench.train import Setting
-    from dlscale.cli.bench_train import _workload
-    from dlscale.hardware.device import resolve_device, resolve_precision
-    from dlscale.models import model_info
+def _request(args: argparse.Namespace, counts: tuple[int, ...]):
+    from dlscale.bench.run_scaling import ScalingBenchRequest
 
-    info = model_info(args.model)
-    workload = _workload(info, args.data)
-    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
-    precision = resolve_precision(args.precision, device)
-    cuda = device.type == "cuda"
-    return workload, Setting(per_worker_batch, precision, False, cuda and info.conv), device
+    return ScalingBenchRequest(
+        nproc=counts, model=args.model, data=args.data, batch_size=args.batch_size, strong=args.strong,
+        precision=args.precision, device=args.device, channels_last=args.channels_last, steps=args.steps,
+        warmup=args.warmup, repeats=args.repeats, timeout=args.timeout, run_dir=args.run_dir,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,76 +73,19 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise UserError(f"--warmup must be 0 or more, got {args.warmup}")
-    if args.worker_of:
-        return _worker(args)
-    return _launcher(args)
+    if args.worker_of:  # one worker of one worker count, started by the launcher below
+        from dlscale.bench.run_scaling import run_scaling_worker
 
+        run_scaling_worker(_request(args, ()), Path(args.worker_of), args.per_worker_batch)
+        return 0
 
-def _worker(args: argparse.Namespace) -> int:
-    from dlscale.distributed import process_group as dist
-    from dlscale.runs import directory as runs
-    from dlscale.bench.scaling import measure_workers
-    from dlscale.distributed.env import detect
-
-    workload, setting, device = _setting_and_workload(args, args.per_worker_batch)
-    env = detect()
-    dist.init(env, device, args.timeout)
-    try:
-        row = measure_workers(workload, setting, device, args.steps, args.warmup, args.repeats)
-        if dist.is_main():
-            runs.write_json(Path(args.worker_of) / f"scaling-{row['workers']}.json", row)
-    finally:
-        dist.shutdown()
-    return 0
-
-
-def _launcher(args: argparse.Namespace) -> int:
-    import torch
-
-    from dlscale.runs import directory as runs
-    from dlscale.bench.common import bench_run_dir, result_object, write_result
-    from dlscale.bench.scaling import add_speedup
-    from dlscale.distributed.elastic import LaunchPlan, failure_line, run_workers
+    from dlscale.bench.run_scaling import run_bench_scaling
     from dlscale.progress import make_console
-    from dlscale.runs.directory import to_json
+    from dlscale.runs.files import to_json
 
-    counts = _counts(args.nproc)
-    if args.strong:
-        bad = [n for n in counts if args.batch_size % n]
-        if bad:
-            raise UserError(f"--strong keeps the global batch {args.batch_size}: it does not split over {bad} workers")
-    workload, setting, device = _setting_and_workload(args, args.batch_size)  # validates model, data, device
-    if device.type == "cuda" and counts[-1] > torch.cuda.device_count():
-        raise UserError(f"--nproc {counts[-1]} needs {counts[-1]} GPUs; this machine has {torch.cuda.device_count()}")
     console = make_console()
-    if device.type == "cpu" and counts[-1] > (os.cpu_count() or 1):
-        console.print(f"note: {counts[-1]} workers share {os.cpu_count()} CPU cores: expect efficiency to fall for that reason")
-    run_dir = runs.create_run_dir(bench_run_dir("scaling", workload.info.name, args.run_dir))
-
-    rows = []
-    for n in counts:
-        per_worker = args.batch_size // n if args.strong else args.batch_size
-        console.print(f"measuring {n} worker(s), batch {per_worker} each ...")
-        worker_args = [
-            "bench", "scaling", "--worker-of", str(run_dir), "--per-worker-batch", str(per_worker),
-            "--model", args.model, "--data", args.data, "--precision", setting.precision, "--device", device.type,
-            "--steps", str(args.steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-            "--timeout", str(args.timeout), "--batch-size", str(args.batch_size),
-        ]
-        failed = run_workers(worker_args, LaunchPlan(nproc=n), log_dir=run_dir / "logs" / f"{n}-workers")
-        if failed:
-            said = failure_line(run_dir / "logs" / f"{n}-workers")
-            raise UserError(f"the {n}-worker run failed: {said[7:] if said else 'see ' + str(run_dir / 'logs')}")
-        row_file = run_dir / f"scaling-{n}.json"
-        rows.append(json.loads(row_file.read_text()))
-        row_file.unlink()
-    add_speedup(rows, args.strong)
-    for row in rows:
-        row.update(model=workload.info.name, precision=setting.precision, device=device.type)
-
-    result = result_object(rows, kind="scaling", mode="strong" if args.strong else "weak")
-    path = write_result(run_dir, "scaling", result)
-    _print_table(console, rows, args.strong)
+    result, path = run_bench_scaling(_request(args, tuple(_counts(args.nproc))), say=console.print)
+    _print_table(console, result["results"], args.strong)
     console.print(f"result written to {path}")
     if args.json:
         print(to_json(result), flush=True)

@@ -10,6 +10,7 @@ import argparse
 from typing import Any
 
 from dlscale.errors import UserError
+from dlscale.units import si
 
 COPY_NOTE = "copy bandwidth = 2 x bytes / time of dst.copy_(src) (read + write, as STREAM copy)"
 
@@ -32,9 +33,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dlscale.hardware.inventory import cached_peaks, hw_report
+    from dlscale.hardware.peaks import cached_peaks
+    from dlscale.hardware.report import hw_report
     from dlscale.progress import make_console
-    from dlscale.runs.directory import to_json
+    from dlscale.runs.files import to_json
 
     if args.remeasure and args.no_measure:
         raise UserError("--remeasure and --no-measure contradict each other; give one of them")
@@ -52,16 +54,8 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- display
 
 
-def _si(value: float | None, unit: str) -> str:
-    if value is None:
-        return "-"
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):  # TFLOP/s even past 1000
-        if abs(value) >= factor:
-            return f"{value / factor:.1f} {prefix}{unit}"
-    return f"{value:.3g} {unit}"
-
-
 def _gib(value: int | None) -> str:
+    """Memory as hw has always shown it: GiB to one decimal, MiB whole below a GiB."""
     if value is None:
         return "-"
     return f"{value / 2**30:.1f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
@@ -130,7 +124,7 @@ def print_report(console: Any, report: dict[str, Any]) -> None:
             ds = (sheet.get(dtype) or {}).get("flops_per_second")
             got = rates.get(dtype)
             ratio = f"{got / ds:.0%}" if ds and got else "-"
-            table.add_row(device, dtype, _si(ds, "FLOP/s"), _si(got, "FLOP/s"), str(sizes.get(dtype, "")), ratio)
+            table.add_row(device, dtype, si(ds, "FLOP/s"), si(got, "FLOP/s"), str(sizes.get(dtype, "")), ratio)
     console.print(table)
     console.print("cpu: CPUs have no datasheet peak; MFU on a CPU uses the measured GEMM rate")
     for device in devices[1:]:
@@ -146,7 +140,7 @@ def print_report(console: Any, report: dict[str, Any]) -> None:
             copy.add_column(column, no_wrap=True)
         for device in devices:
             entry = measured_devices.get(device, {})
-            copy.add_row(device, _si(entry.get("copy_bytes_per_second"), "B/s"), _gib(entry.get("copy_buffer_bytes")))
+            copy.add_row(device, si(entry.get("copy_bytes_per_second"), "B/s"), _gib(entry.get("copy_buffer_bytes")))
         console.print(copy)
         console.print(COPY_NOTE)
         prov = measured.get("provenance", {})

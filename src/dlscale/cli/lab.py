@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"lab folder {out} already exists and is not empty; give -o a new folder")
     runs.create_run_dir(out)
     console = make_console()
-    report = run_lab(out, args.quick, lambda text: console.print(f"[bold]{text}[/]"))
+    report = run_lab(out, args.quick, lambda text: console.print(f"[bold]{text}[/]"),
+                     detail=lambda text: console.print(text, markup=False, soft_wrap=True))
     console.print(f"lab report: {report}")
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from dlscale.training.config import PRECISIONS
+
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -46,7 +48,7 @@ def add_parser(subparsers: Any) -> None:
     add("--grad-clip", type=float, help="clip the global gradient norm to this (default 0: off)")
     add("--grad-accum", type=int, help="split each batch into this many micro-batches (default 1)")
     add("--device", help="auto, cpu, cuda, cuda:N or mps (default auto: the best present)")
-    add("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="autocast precision (default auto: bf16 on GPUs that have it; on a CPU whichever measures faster here, cached)")
+    add("--precision", choices=PRECISIONS, help="autocast precision (default auto: bf16 on GPUs that have it; on a CPU whichever measures faster here, cached)")
     add("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model (default: on for CUDA, off on CPUs, where it measured slower)")
     add("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels_last memory format (default: conv nets on CUDA; on a CPU where it measures faster)")
     add("--nproc", type=int, help="worker processes on this node (default 1)")
@@ -79,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from dlscale.training import config as config_mod
     from dlscale.distributed.env import detect
     from dlscale.progress import TrainProgress, make_console
-    from dlscale.runs.directory import to_json
-    from dlscale.training.trainer import train
+    from dlscale.runs.files import to_json
+    from dlscale.training.train import train
 
     overrides = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG and v is not None}
     file_values = config_mod.read_toml(args.config) if args.config else {}

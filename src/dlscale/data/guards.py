@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlscale.training import memory
+from dlscale.hardware import memory
 from dlscale.errors import UserError
+from dlscale.units import format_bytes
 
 MAX_CLASSES = 2**20  # far above any real label set, far below what makes the classifier absurd
 CHUNK_ELEMENTS = 1 << 24  # values checked at once for non-finite samples (64 MiB as float32)
@@ -57,16 +58,6 @@ def available_memory() -> memory.Available | None:
         return memory.Available(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory")
     except (ValueError, OSError, AttributeError):
         return None
-
-
-def format_bytes(count: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    units = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
-    power = 0
-    while count >= 1024 and power < len(units) - 1:
-        count /= 1024
-        power += 1
-    return f"{count:.0f} bytes" if power == 0 else f"{count:.1f} {units[power]}"
 
 
 # --------------------------------------------------------------------------- files

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dlscale.data.guards import format_bytes, names_a_file, require_memory, require_regular_file
+from dlscale.data.guards import names_a_file, require_memory, require_regular_file
 from dlscale.data.splits import Splits, image_splits, split_arrays
 from dlscale.errors import UserError
+from dlscale.units import format_bytes
 
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801

@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dlscale.data.guards import format_bytes, names_a_file, require_regular_file
+from dlscale.data.guards import names_a_file, require_regular_file
 from dlscale.data.splits import Splits, split_indices
 from dlscale.errors import UserError
+from dlscale.units import format_bytes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 GREY_MODES = {"1", "L"}

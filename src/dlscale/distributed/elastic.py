@@ -1,12 +1,14 @@
-"""Start workers through torchrun's elastic agent (``torch.distributed.launcher.api``).
+"""The one launcher of this node's workers: torchrun's elastic agent
+(``torch.distributed.launcher.api``), used by ``train`` and every bench alike.
 
-``dlscale train --nproc 4`` does not fork workers itself: it hands
+``dlscale train --nproc 4`` does not fork workers itself: ``launch`` hands
 ``python -m dlscale <worker args>`` to the same agent ``torchrun`` uses, which sets each
 worker's RANK/LOCAL_RANK/WORLD_SIZE, runs the rendezvous (c10d on this node's loopback
 for one node; the given endpoint, or a static master address, for several), watches the
 workers, restarts them all up to ``max_restarts`` times when one dies, and writes each
-worker's output to its own log file. A worker sees torchrun's variables and trains
-instead of launching again.
+worker's output to its own log file. A worker sees torchrun's variables and works
+instead of launching again. However the workers fail, ``launch`` says it one way: one
+``UserError`` line naming the rank and repeating its error, or ``Stopped`` on a signal.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlscale.errors import UserError
+from dlscale.errors import Stopped, UserError, signal_name
 
 
 @dataclass(frozen=True)
@@ -120,3 +122,56 @@ def failure_line(log_dir: Path) -> str | None:
         lines += [l for l in text if l.startswith("error: ") or l.startswith(STOPPED)]
     stopped = [l for l in lines if l.startswith(STOPPED)]
     return (stopped or lines or [None])[-1]
+
+
+def launch(worker_args: list[str], plan: LaunchPlan, log_dir: Path, env: dict[str, str] | None = None) -> None:
+    """Run ``python -m dlscale WORKER_ARGS`` in the plan's workers, with ``env`` added to the
+    environment they inherit (and this process's restored after); every way they can fail
+    becomes one exception: ``Stopped`` when they stopped on a signal, else a ``UserError``
+    naming the first failed rank and the last error line any worker wrote."""
+    extra = env or {}
+    previous = {key: os.environ.get(key) for key in extra}
+    os.environ.update(extra)
+    try:
+        failed = run_workers(worker_args, plan, log_dir=log_dir)
+    except LauncherSignalled as signalled:  # the workers saved and stopped (or were killed after the grace)
+        said = failure_line(log_dir) or ""
+        if said.startswith(STOPPED):
+            raise Stopped(said[len("dlscale: "):], signalled.signum) from None
+        raise Stopped(f"stopped by {signal_name(signalled.signum)} before the workers saved a checkpoint", signalled.signum) from None
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    if failed:
+        first = min(failed)
+        said = failure_line(log_dir)
+        if said and said.startswith(STOPPED):  # a worker got the signal, not this launcher
+            raise Stopped(said[len("dlscale: "):], failed[first] - 128)
+        reason = said[len("error: "):] if said else f"see its log under {log_dir}"
+        raise UserError(f"worker rank {first} failed (exit code {failed[first]}): {reason}")
+
+
+def check_devices(device: str, nproc: int) -> None:
+    """NCCL needs one GPU per worker: say so before starting workers that would collide."""
+    import torch
+
+    requested = device.strip().lower()
+    if requested == "mps":
+        raise UserError("torch.distributed has no MPS backend; use --device cpu")
+    if requested == "cpu" or not torch.cuda.is_available():
+        if requested.startswith("cuda"):
+            from dlscale.hardware.device import resolve_device
+
+            resolve_device(requested)  # the clear "no CUDA GPU" error
+        return
+    if requested not in ("auto", "cuda"):
+        if nproc > 1:
+            raise UserError(f"--device {device} puts every worker on one GPU; with --nproc above 1 use --device cuda (one GPU per worker)")
+        return
+    gpus = torch.cuda.device_count()
+    if nproc > gpus:
+        raise UserError(f"--nproc {nproc} but this node has {gpus} GPU(s) and NCCL needs one per worker; "
+                        f"use --nproc {gpus} or less, or --device cpu")

@@ -1,4 +1,6 @@
-"""The process group: started from whatever launched us (torchrun, SLURM, MPI), with the
+"""Joining and leaving the process group, and the small collectives built on it.
+
+The group is started from whatever launched us (torchrun, SLURM, MPI), with the
 backend chosen from the device (NCCL on CUDA, Gloo on CPU) and the device index taken
 from the local rank, never the global rank (which runs past the GPUs of one node).
 
@@ -52,6 +54,18 @@ def init(env: ClusterEnv, device: torch.device, timeout_s: float) -> None:
         init_method="env://",
         timeout=datetime.timedelta(seconds=timeout_s),
         device_id=device if device.type == "cuda" else None,
+    )
+
+
+def init_alone(device: torch.device, timeout_s: float) -> None:
+    """A process group of this one process, for a measurement that runs collectives with
+    nobody else (``init`` starts nothing for one process); leave it with
+    ``torch.distributed.destroy_process_group()``."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        backend="nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0, world_size=1,
+        timeout=datetime.timedelta(seconds=timeout_s),
     )
 
 

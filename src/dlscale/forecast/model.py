@@ -6,20 +6,19 @@ al. 2017 and Horovod report) whose gradients are all-reduced once per step by a 
 a hierarchical ring across nodes, costed by the alpha-beta model
 t = 2(N-1)/N * S/B + 2(N-1) * latency, overlapped DDP-bucket-wise with the backward pass.
 
-``NETWORKS`` holds the link presets with their bandwidth, latency and where the figures
-come from. Bandwidths are bytes/s, latencies seconds.
+The links (bandwidth, latency, sources) live in ``dlscale.forecast.networks``; bandwidths
+are bytes/s, latencies seconds.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dlscale.errors import UserError
+from dlscale.forecast.networks import Network
 
-GB = 1e9
+GRAD_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes of one gradient element by training precision
 
 # Defaults of the model's constants (named, not tuned per case; see predict()).
 BACKWARD_FRACTION = 2 / 3  # backward ~ 2x forward FLOPs, so 2/3 of the compute time
@@ -28,93 +27,29 @@ BUCKET_BYTES = 25 * 2**20  # torch DDP's default bucket_cap_mb=25
 OVERHEAD_S = 0.002  # per multi-GPU step: DDP hooks, bucket copies, optimizer sync, launch gaps
 JITTER_CV = 0.02  # step-to-step spread of one GPU's compute time (coefficient of variation)
 
-
-@dataclass(frozen=True)
-class Network:
-    """One link: the bandwidth a collective achieves on it (bytes/s, one direction) and the
-    latency of one ring step (s). Intra-node presets give the per-GPU all-reduce bus
-    bandwidth; inter-node presets the rate of one node's link (NIC)."""
-
-    name: str
-    bandwidth: float
-    latency: float
-    source: str
-    scope: str = "inter"  # "intra": within a node (per GPU); "inter": between nodes (per NIC)
-
-
-def _net(name: str, bandwidth_gbs: float, latency_us: float, scope: str, source: str) -> Network:
-    return Network(name, bandwidth_gbs * GB, latency_us * 1e-6, source, scope)
-
-
-_NCCL_LAT = "latency: order of an NCCL ring step (protocol + proxy), an assumption, not a measurement"
-_TCP_LAT = "latency: order of a TCP/RoCE message round through the kernel/NIC for one ring step, an assumption"
-
-NETWORKS: dict[str, Network] = {
-    n.name: n
-    for n in (
-        _net("nvlink1", 65, 5, "intra", (
-            "NVLink 1.0 (P100 SXM2, DGX-1 / Big Basin): 4 links x 20 GB/s = 80 GB/s per GPU per direction; "
-            "~65 GB/s all-reduce bus bandwidth assumed (derived, ~80% of the link sum); " + _NCCL_LAT)),
-        _net("nvlink2", 130, 5, "intra", (
-            "NVLink 2.0 (V100 SXM2, DGX-1V): 6 links x 25 GB/s = 150 GB/s per GPU per direction; "
-            "~130 GB/s all-reduce bus bandwidth over 8 GPUs is assumed (derived, ~87% of the link sum); " + _NCCL_LAT)),
-        _net("nvlink3", 220, 5, "intra", (
-            "NVLink 3.0 (A100 SXM, 8-GPU HGX): measured all-reduce bus bandwidth ~200-230 GB/s "
-            "(nccl-tests, ANCHORS.md); 220 GB/s used; " + _NCCL_LAT)),
-        _net("nvlink4", 370, 5, "intra", (
-            "NVLink 4.0 (H100 SXM, 8-GPU HGX): measured ring all-reduce bus bandwidth ~370 GB/s "
-            "(nccl-tests, ANCHORS.md; ~480 GB/s with NVLink SHARP, not assumed); " + _NCCL_LAT)),
-        _net("pcie3", 10, 10, "intra", (
-            "PCIe 3.0 x16: 15.75 GB/s line rate per direction, ~12 GB/s achievable host-device; "
-            "~10 GB/s all-reduce bus bandwidth through a PCIe switch assumed (derived); " + _NCCL_LAT)),
-        _net("pcie4", 20, 10, "intra", (
-            "PCIe 4.0 x16: 31.5 GB/s line rate per direction, ~24 GB/s achievable; "
-            "~20 GB/s all-reduce bus bandwidth assumed (derived); " + _NCCL_LAT)),
-        _net("pcie5", 40, 10, "intra", (
-            "PCIe 5.0 x16: 63 GB/s line rate per direction, ~50 GB/s achievable; "
-            "~40 GB/s all-reduce bus bandwidth assumed (derived); " + _NCCL_LAT)),
-        _net("ib-fdr", 6.0, 5, "inter", (
-            "InfiniBand FDR 4x 56 Gb/s = 7 GB/s signalling, 6.8 GB/s data rate (64b/66b), "
-            "~6.0 GB/s achievable per NIC (derived, ~88%); " + _NCCL_LAT)),
-        _net("ib-edr", 11.5, 5, "inter", (
-            "InfiniBand EDR 100 Gb/s = 12.5 GB/s line rate, ~11.5 GB/s achievable per NIC "
-            "(derived, ~92%); " + _NCCL_LAT)),
-        _net("ib-hdr", 23, 5, "inter", (
-            "InfiniBand HDR 200 Gb/s = 25 GB/s line rate, ~23 GB/s achievable per NIC "
-            "(derived, ~92%); " + _NCCL_LAT)),
-        _net("ib-ndr", 46, 5, "inter", (
-            "InfiniBand NDR 400 Gb/s = 50 GB/s line rate; measured all-reduce bus bandwidth "
-            "~46-48 GB/s per NIC (ANCHORS.md); 46 GB/s used; " + _NCCL_LAT)),
-        _net("eth-10g", 1.1, 30, "inter", (
-            "10 Gbit/s Ethernet = 1.25 GB/s line rate, ~1.1 GB/s achievable with TCP (derived, ~88%); " + _TCP_LAT)),
-        _net("eth-25g", 2.8, 25, "inter", (
-            "25 Gbit/s Ethernet (the Horovod benchmark's RoCE-capable links) = 3.125 GB/s line rate, "
-            "~2.8 GB/s achievable (derived, ~90%); " + _TCP_LAT)),
-        _net("eth-50g", 5.6, 25, "inter", (
-            "50 Gbit/s Ethernet (Goyal et al. 2017's servers) = 6.25 GB/s line rate, "
-            "~5.6 GB/s achievable (derived, ~90%); " + _TCP_LAT)),
-        _net("eth-100g", 11, 20, "inter", (
-            "100 Gbit/s Ethernet = 12.5 GB/s line rate, ~11 GB/s achievable with RoCE or several "
-            "TCP streams (derived, ~88%); " + _TCP_LAT)),
-    )
-}
-
-
-def network(name: str) -> Network:
-    """The preset called ``name``; UserError naming the presets otherwise."""
-    try:
-        return NETWORKS[name]
-    except KeyError:
-        raise UserError(f"unknown network {name!r}; choose one of {', '.join(NETWORKS)} "
-                        "(or give --bandwidth GB/s and --latency us)") from None
-
-
-def custom_network(bandwidth_gbs: float, latency_us: float, name: str = "custom") -> Network:
-    if not bandwidth_gbs > 0 or not latency_us >= 0 or not math.isfinite(bandwidth_gbs + latency_us):
-        raise UserError(f"--bandwidth must be above 0 GB/s and --latency at least 0 us; got "
-                        f"{bandwidth_gbs} GB/s and {latency_us} us")
-    return Network(name, bandwidth_gbs * GB, latency_us * 1e-6,
-                   f"given: {bandwidth_gbs:g} GB/s, {latency_us:g} us per ring step")
+# ``predict``'s assumptions in one line each, as `dlscale predict --help` and its JSON list them.
+ASSUMPTIONS = (
+    "weak scaling: a fixed per-GPU batch (--batch-size), so the global batch grows with N; "
+    "speedup = N x t(1) / t(N), efficiency = speedup / N",
+    "compute per step T = batch / single-GPU throughput, equal on every GPU; backward = 2/3 of T",
+    "gradients of params x 4 bytes (fp32) or 2 (bf16/fp16) are all-reduced once per step; nothing else moves",
+    "one node: ring all-reduce over the intra-node link, 2(N-1)/N x S/B + 2(N-1) x latency (alpha-beta, B = bus bandwidth)",
+    "several nodes: hierarchical, intra-node reduce-scatter + all-gather around g concurrent inter-node rings "
+    "of S/g bytes that share the node's NICs: 2(n-1)/n x S/(nics x B_node) + 2(n-1) x latency",
+    "DDP buckets (25 MiB) overlap the backward pass, at most --overlap (0.8) of it; the last bucket (its share "
+    "of the bandwidth time) and all latency terms are always exposed",
+    "stragglers: each step waits for the slowest GPU; compute time varies by --jitter (2%), expected max of N "
+    "is T x (1 + jitter x sqrt(2 ln N))",
+    "a constant --overhead-ms (2 ms) per multi-GPU step (DDP hooks, copies, optimizer sync, launch gaps)",
+    "ignored: input pipeline, memory limits, congestion from other jobs; the fabric has full bisection bandwidth",
+    "network presets are achievable rates (about 0.9 x line rate for NICs, measured bus bandwidth for NVLink), "
+    "latencies are assumed orders of magnitude; see the sources with --list-networks",
+    "the constants above are one set for every case, checked against the efficiencies Goyal et al. 2017 and "
+    "Horovod published, not fitted to this machine; calibrating replaces them: --calibrate-comm puts a "
+    "'bench comm' result's all-reduce bandwidth and latency in place of the intra-node preset, "
+    "--calibrate-scaling a 'bench scaling' result's one-worker speed (unless --single-throughput) and a "
+    "per-step overhead fitted to its measured efficiency (unless --overhead-ms)",
+)
 
 
 def ring_allreduce_time(nbytes: float, ranks: int, bandwidth: float, latency: float) -> float:
@@ -257,56 +192,3 @@ def predict(
                 flops_per_sample * per_gpu_batch / t if flops_per_sample else None),
         })
     return rows
-
-
-# --------------------------------------------------------------------------- calibration
-
-
-def _bench_rows(path: str | Path, kind: str) -> list[dict[str, Any]]:
-    """The rows of a `dlscale bench KIND` result: its JSON file, or the run directory holding it."""
-    import json
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / f"bench-{kind}.json"
-    try:
-        result = json.loads(path.read_text())
-        rows = result["results"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{path} is not a 'dlscale bench {kind}' result (bench-{kind}.json)") from None
-    if result.get("kind") not in (None, kind) or not rows:
-        raise UserError(f"{path} is not a 'dlscale bench {kind}' result with rows")
-    return rows
-
-
-def network_from_comm(path: str | Path) -> Network:
-    """This machine's link, as `bench comm` measured it: the all-reduce bus bandwidth at the
-    largest size, and the per-step latency from the smallest size (t = 2(N-1) latencies)."""
-
-    rows = [r for r in _bench_rows(path, "comm") if r.get("op") == "all_reduce" and r.get("time_s")]
-    if not rows or rows[0]["world_size"] < 2:
-        raise UserError(f"{path} has no all_reduce rows over 2 or more ranks to calibrate from")
-    largest = max(rows, key=lambda r: r["bytes"])
-    smallest = min(rows, key=lambda r: r["bytes"])
-    latency = smallest["time_s"] / (2 * (smallest["world_size"] - 1))
-    return Network(
-        name="measured", bandwidth=largest["busbw_gbps"] * GB, latency=latency, scope="intra",
-        source=f"calibrated from {path}: all_reduce busbw {largest['busbw_gbps']:.3g} GB/s at "
-               f"{largest['bytes']} bytes, latency {latency * 1e6:.3g} us from {smallest['bytes']} bytes",
-    )
-
-
-def fit_overhead(measured: dict[str, Any], predict_at: Callable[[float], float]) -> float:
-    """The per-step overhead (s) that makes the model's efficiency at the measured worker count
-    equal the measured one (bisection; 0 when the model is already no better than measured)."""
-    target = measured["efficiency"]
-    low, high = 0.0, 10.0
-    if predict_at(low) <= target:
-        return 0.0
-    for _ in range(60):
-        middle = (low + high) / 2
-        if predict_at(middle) > target:
-            low = middle
-        else:
-            high = middle
-    return (low + high) / 2

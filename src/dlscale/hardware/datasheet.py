@@ -12,7 +12,7 @@ gives ``None``: MFU is then null, never computed against a guessed peak. Ambiguo
 names give ``None`` too: a bare "NVIDIA H100" (SXM or PCIe?), a MIG slice
 ("... MIG 1g.5gb", a fraction of the chip), and the NVL boards, whose per-GPU figures
 we could not pin down from the vendor's documents. CPUs are never in this table:
-their peak is the measured large-GEMM rate (``dlscale.hardware.inventory.measured_peaks``).
+their peak is the measured large-GEMM rate (``dlscale.hardware.peaks.measured_peaks``).
 
 Names are matched as ``torch.cuda.get_device_name()`` prints them, e.g.
 "NVIDIA H100 80GB HBM3" (SXM5), "NVIDIA H100 PCIe", "NVIDIA A100-SXM4-80GB",
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8")
 
@@ -219,3 +220,41 @@ def table() -> list[dict[str, object]]:
         {"part": p.part, "dense_flops_per_second": dict(p.dense), "source": p.source, "multiprocessors": p.multiprocessors}
         for p in PARTS
     ]
+
+
+def visible_datasheet_peak(name: str, precision: str, visible_multiprocessors: int | None) -> tuple[float, str] | None:
+    """The table's figure, unless fewer SMs are visible than the full chip has (a MIG slice
+    or a partition would otherwise get the whole chip's peak)."""
+    expected = expected_multiprocessors(name)
+    if expected is not None and visible_multiprocessors is not None and visible_multiprocessors != expected:
+        return None
+    return datasheet_peak(name, precision)
+
+
+def datasheet_peaks(index: int) -> dict[str, Any]:
+    """Every precision's dense datasheet peak for CUDA device ``index``, with sources."""
+    import torch  # here only: the table itself is data, read without torch (``dlscale predict --device``)
+
+    props = torch.cuda.get_device_properties(index)
+    name, visible = props.name, props.multi_processor_count
+    part = find_part(name)
+    note = None
+    if part is None:
+        note = f"{name} is not in dlscale's datasheet table: no datasheet peak, MFU is null (never a guessed peak)"
+    elif part.multiprocessors is not None and visible != part.multiprocessors:
+        note = (
+            f"{visible} multiprocessors visible where the full {part.part} has {part.multiprocessors} "
+            "(a MIG slice or partition?): the full chip's peak would be wrong, so none is given"
+        )
+    by_precision = {}
+    for precision in PRECISIONS:
+        found = visible_datasheet_peak(name, precision, visible)
+        by_precision[precision] = {"flops_per_second": found[0], "source": found[1]} if found else None
+    return {
+        "name": name,
+        "part": part.part if part else None,
+        "source": part.source if part else None,
+        "multiprocessors": visible,
+        "note": note,
+        "peaks": by_precision,
+    }

@@ -62,20 +62,6 @@ def _mps_available() -> bool:
     return bool(backend and backend.is_available())
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """Pick or check the training precision for ``device``."""
-    if requested == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"
-    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        name = torch.cuda.get_device_name(device)
-        raise UserError(f"--precision bf16 needs a GPU with bfloat16 support and {name} has none; use fp16")
-    if requested == "fp16" and device.type == "cpu":
-        raise UserError("--precision fp16 needs a GPU (CPUs emulate it slowly); on CPU use bf16 or fp32")
-    return requested
-
-
 def autocast(device: torch.device, precision: str) -> ContextManager:
     """Mixed precision for the forward pass: weights stay fp32, matmuls run in bf16/fp16."""
     if precision == "fp32":

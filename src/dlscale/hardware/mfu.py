@@ -8,17 +8,19 @@ would hide stragglers. With one process the all-reduce is skipped.
 MFU = achieved FLOP/s / peak FLOP/s of the devices used, at the precision used. The
 peak is the dense datasheet figure for known GPUs and the measured large-GEMM rate
 for CPUs; both MFUs are reported where both peaks are known. An unknown chip gets no
-datasheet MFU, never a guessed one.
+datasheet MFU, never a guessed one. The peak is looked up (maybe measured) before
+timing, by ``peaks.peak_for``, and passed in: nothing here measures.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
-from dlscale.hardware.inventory import peak_flops
+if TYPE_CHECKING:  # only the type: this module never looks a peak up
+    from dlscale.hardware.peaks import PeakFlops
 
 
 def global_counts(samples: int, seconds: float, device: torch.device) -> tuple[int, float]:
@@ -38,10 +40,12 @@ def utilisation(
     device: torch.device,
     precision: str,
     world_size: int = 1,
+    *,
+    peak: PeakFlops,
 ) -> dict[str, Any]:
-    """Achieved FLOP/s, the peaks of all devices used, and MFU against each."""
+    """Achieved FLOP/s, the peaks of all devices used, and MFU against each; ``peak`` is
+    one device's (``peaks.peak_for(device, precision)``)."""
     achieved = flops_per_sample * samples_per_second if flops_per_sample and samples_per_second else None
-    peak = peak_flops(device, precision)
     datasheet = peak.datasheet * world_size if peak.datasheet else None
     measured = peak.measured * world_size if peak.measured else None
     if device.type == "cuda":  # the headline peak: datasheet for known GPUs, nothing for unknown ones

@@ -1,12 +1,15 @@
-"""Where a number came from: software versions, devices, command line, date, commit.
+"""Where a number came from: software versions, machine, command line, date, commit.
 
-Every benchmark result carries this block (as `accelerate env` prints beside a bug
-report), so a figure can be traced and compared only with its like.
+One builder, ``measured_on()``, says which machine and software produced a figure; the
+measured-peak cache (its provenance and fingerprint) and every benchmark result
+(``provenance()``, as `accelerate env` prints beside a bug report) are made from it, so
+a figure can be traced and compared only with its like.
 """
 
 from __future__ import annotations
 
 import shlex
+import socket
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -15,23 +18,24 @@ from typing import Any
 
 import torch
 
-from dlscale import __version__
-from dlscale.hardware.inventory import cpu_model
+from dlscale.hardware.inventory import cpu_model, driver_version, gpu_names, software
 
 
-def driver_version() -> str | None:
-    """The NVIDIA driver, through nvidia-ml-py when it is installed."""
-    try:
-        import pynvml
+def measured_on() -> dict[str, Any]:
+    """The software and machine of a measurement: dlscale, torch, cuda, hip, hostname, cpu,
+    threads (torch's CPU threads) and gpus (their names)."""
+    return {
+        **software(),
+        "hostname": socket.gethostname(),
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "gpus": gpu_names(),
+    }
 
-        pynvml.nvmlInit()
-        try:
-            version = pynvml.nvmlSystemGetDriverVersion()
-        finally:
-            pynvml.nvmlShutdown()
-        return version.decode() if isinstance(version, bytes) else str(version)
-    except Exception:  # not installed, no driver, no GPU: the field is simply unknown
-        return None
+
+def now() -> str:
+    """UTC, to the second, ISO 8601: the date every provenance record carries."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def git_commit() -> str | None:
@@ -46,23 +50,19 @@ def git_commit() -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
-def device_names() -> list[str]:
-    if torch.cuda.is_available():
-        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return []
-
-
 def provenance() -> dict[str, Any]:
+    """The block every benchmark result carries (its keys are part of the result files)."""
+    machine = measured_on()
     return {
-        "dlscale": __version__,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
+        "dlscale": machine["dlscale"],
+        "torch": machine["torch"],
+        "cuda": machine["cuda"],
         "driver": driver_version(),
         "python": sys.version.split()[0],
-        "cpu": cpu_model(),
-        "cpu_threads": torch.get_num_threads(),
-        "gpus": device_names(),
+        "cpu": machine["cpu"],
+        "cpu_threads": machine["threads"],
+        "gpus": machine["gpus"],
         "command": shlex.join(["dlscale", *sys.argv[1:]]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": now(),
         "git_commit": git_commit(),
     }

@@ -7,74 +7,70 @@ measured on this machine and written as one report.
 (c) predictions/s per device and precision;
 (d) the compute chart: the lab's own runs among the landmark models.
 
-Every step is an ordinary dlscale command run in this process, writing its usual run
-directory under the lab folder; the report is built from those files only.
+Every step is the library call behind an ordinary dlscale command (``dlscale.fit``,
+``bench train``, ``bench scaling``, ``bench infer``, ``compute``), run in this process and
+writing its usual run directory under the lab folder; the report is built from those
+files only.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from dlscale.runs import directory as runs
-from dlscale.errors import UserError
+from dlscale.runs import results
 
 
 @dataclass(frozen=True)
 class LabPlan:
     """How big each experiment is: --quick fits 2 minutes on 2 CPU cores."""
 
-    train_args: list[str]  # the accuracy run (loss curves, compute chart)
-    bench_model: list[str]  # model and data of the CPU-vs-GPU training benchmark
-    bench_steps: str
-    scaling_model: list[str]
-    infer_model: list[str]
-    infer_batches: str  # on GPUs; CPUs stop at 32 (a 256-image batch of resnet18 takes seconds there)
+    train_epochs: int  # the accuracy run, a cnn on digits (loss curves, compute chart)
+    bench_model: str  # the CPU-vs-GPU training benchmark
+    bench_data: str
+    bench_batch: int
+    bench_steps: int
+    scaling_model: str
+    scaling_data: str
+    scaling_batch: int
+    infer_model: str
+    infer_shape: tuple[int, ...] | None  # None: the model's own input shape
+    infer_batches: tuple[int, ...]  # on GPUs; CPUs stop at 64 (a 256-image batch of resnet18 takes seconds there)
     predict_model: str
     predict_batch: int
 
 
 QUICK = LabPlan(
-    train_args=["--model", "cnn", "--data", "digits", "--epochs", "5"],
-    bench_model=["--model", "cnn", "--batch-size", "64"],
-    bench_steps="10",
-    scaling_model=["--model", "cnn", "--batch-size", "32"],
-    infer_model=["--model", "cnn"],
-    infer_batches="1,64",
-    predict_model="cnn",
-    predict_batch=32,
+    train_epochs=5,
+    bench_model="cnn", bench_data="synthetic", bench_batch=64, bench_steps=10,
+    scaling_model="cnn", scaling_data="synthetic", scaling_batch=32,
+    infer_model="cnn", infer_shape=None, infer_batches=(1, 64),
+    predict_model="cnn", predict_batch=32,
 )
 FULL = LabPlan(
-    train_args=["--model", "cnn", "--data", "digits", "--epochs", "10"],
-    bench_model=["--model", "resnet18", "--data", "synthetic:3x32x32", "--batch-size", "128"],
-    bench_steps="10",
-    scaling_model=["--model", "resnet18", "--data", "synthetic:3x32x32", "--batch-size", "64"],
-    infer_model=["--model", "resnet18", "--input-shape", "3x32x32"],
-    infer_batches="1,32,256",
-    predict_model="resnet18",
-    predict_batch=64,
+    train_epochs=10,
+    bench_model="resnet18", bench_data="synthetic:3x32x32", bench_batch=128, bench_steps=10,
+    scaling_model="resnet18", scaling_data="synthetic:3x32x32", scaling_batch=64,
+    infer_model="resnet18", infer_shape=(3, 32, 32), infer_batches=(1, 32, 256),
+    predict_model="resnet18", predict_batch=64,
 )
 
 
-def _dlscale(args: list[str]) -> None:
-    """Run one dlscale command in this process; a failure stops the lab with its message."""
-    from dlscale.cli import main
+def run_lab(out: Path, quick: bool, say: Callable[[str], None], detail: Callable[[str], None] | None = None) -> Path:
+    """Run the lab into the folder ``out`` (made by the caller) and return its report.html.
+    ``say`` announces each experiment; ``detail`` (default ``say``) hears the steps inside."""
+    from dlscale.api import fit
+    from dlscale.bench.run_scaling import ScalingBenchRequest, run_bench_scaling
+    from dlscale.bench.run_train import TrainBenchRequest, run_bench_train
+    from dlscale.report.compute import compute_report
 
-    code = main(args)
-    if code != 0:
-        raise UserError(f"the lab step 'dlscale {' '.join(args[:2])}' failed (exit code {code}); see the line above")
-
-
-def _result(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
-def run_lab(out: Path, quick: bool, say: Callable[[str], None]) -> Path:
+    detail = detail or say
     plan = QUICK if quick else FULL
     gpu = torch.cuda.is_available()
     devices = ["cpu", "cuda"] if gpu else ["cpu"]
@@ -84,15 +80,18 @@ def run_lab(out: Path, quick: bool, say: Callable[[str], None]) -> Path:
 
     say("lab (a): training on " + " and ".join(devices))
     train_dir = out / "train"
-    _dlscale(["train", *plan.train_args, "--device", devices[-1], "--run-dir", str(train_dir)])
+    fit("cnn", "digits", epochs=plan.train_epochs, device=devices[-1], run_dir=str(train_dir))
     inputs.append(train_dir)
     speeds: dict[str, float] = {}
     for device in devices:
         bench_dir = out / f"bench-train-{device}"
-        precision = "fp32" if device == "cpu" else "auto"
-        _dlscale(["bench", "train", *plan.bench_model, "--device", device, "--precision", precision,
-                  "--steps", plan.bench_steps, "--repeats", "3", "--run-dir", str(bench_dir)])
-        speeds[device] = _result(bench_dir / "bench-train.json")["results"][0]["samples_per_second"]
+        request = TrainBenchRequest(
+            model=plan.bench_model, data=plan.bench_data, batch_size=plan.bench_batch, device=device,
+            precision="fp32" if device == "cpu" else "auto", steps=plan.bench_steps, repeats=3, run_dir=str(bench_dir),
+        )
+        result, path = run_bench_train(request, detail)
+        detail(f"result written to {path}")
+        speeds[device] = result["results"][0]["samples_per_second"]
         inputs.append(bench_dir)
     if gpu:
         notes.append(f"GPU vs CPU training speedup: {speeds['cuda'] / speeds['cpu']:.1f}x "
@@ -104,12 +103,14 @@ def run_lab(out: Path, quick: bool, say: Callable[[str], None]) -> Path:
     workers = _worker_counts(gpu)
     say(f"lab (b): speedup with {', '.join(map(str, workers))} workers, predicted beyond")
     scaling_dir = out / "bench-scaling"
-    _dlscale(["bench", "scaling", "--nproc", ",".join(map(str, workers)), *plan.scaling_model,
-              "--device", devices[-1], "--steps", "5", "--repeats", "2", "--run-dir", str(scaling_dir)])
+    request = ScalingBenchRequest(
+        nproc=tuple(workers), model=plan.scaling_model, data=plan.scaling_data, batch_size=plan.scaling_batch,
+        device=devices[-1], steps=5, repeats=2, run_dir=str(scaling_dir),
+    )
+    result, path = run_bench_scaling(request, detail)
+    detail(f"result written to {path}")
     inputs.append(scaling_dir)
-    measured = _result(scaling_dir / "bench-scaling.json")["results"]
-    predicted_path = _predict_beyond(out, plan, measured, gpu)
-    inputs.append(predicted_path)
+    inputs.append(_predict_beyond(out, plan, result["results"], gpu))
     notes.append(
         "Predicted points (hollow, dashed) come from dlscale's communication model with this machine's "
         "measured one-worker speed, " + ("8 GPUs per node on NVLink 4 and InfiniBand NDR between nodes."
@@ -118,34 +119,46 @@ def run_lab(out: Path, quick: bool, say: Callable[[str], None]) -> Path:
 
     say("lab (c): predictions/s per device and precision")
     for device in devices:
-        infer_dir = out / f"bench-infer-{device}"
-        precisions = "fp32,bf16,int8" if device == "cpu" else "fp32,bf16,fp16"
-        batches = plan.infer_batches if device == "cuda" else ",".join(b for b in plan.infer_batches.split(",") if int(b) <= 64)
-        _dlscale(["bench", "infer", *plan.infer_model, "--device", device, "--batch-sizes", batches,
-                  "--precisions", precisions, "--run-dir", str(infer_dir)])
-        inputs.append(infer_dir)
+        inputs.append(_bench_infer(out / f"bench-infer-{device}", plan, device, detail))
 
     say("lab (d): the compute chart")
-    from dlscale.cli.compute import compute_report
-
     compute = compute_report(train_dir)
     notes.append(f"The lab's training run used {compute['pfs_days']:.3g} petaflop/s-days "
                  f"({compute['fraction_of_alexnet']:.2g} of AlexNet's compute).")
     notes.append(f"The lab took {time.perf_counter() - start:.0f} s.")
 
-    from dlscale.report.html import build_report
     from html import escape
+
+    from dlscale.report.html import build_report
 
     section = "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>"
     report = build_report(inputs, out / "report.html", title="dlscale lab: what the hardware buys",
                           extra_sections=[("The lab in a few lines", section)], plots_dir=out / "figures")
-    runs.write_json(out / "lab.json", {"notes": notes, "inputs": [str(p) for p in inputs], "quick": quick})
+    results.write_result(out / "lab.json", "lab", {"notes": notes, "inputs": [str(p) for p in inputs], "quick": quick})
     return report
 
 
-def _worker_counts(gpu: bool) -> list[int]:
-    import os
+def _bench_infer(run_dir: Path, plan: LabPlan, device_name: str, detail: Callable[[str], None]) -> Path:
+    """Predictions/s of the plan's model on one device: fp32/bf16/int8 on a CPU, fp32/bf16/fp16 on a GPU."""
+    from dlscale.bench import infer, targets
+    from dlscale.bench.common import bench_run_dir
+    from dlscale.bench.run_infer import run_bench_infer
+    from dlscale.hardware.device import resolve_device
 
+    device = resolve_device(device_name)
+    cuda = device_name == "cuda"
+    settings = infer.InferSettings(
+        batch_sizes=plan.infer_batches if cuda else tuple(b for b in plan.infer_batches if b <= 64),
+        precisions=("fp32", "bf16", "fp16") if cuda else ("fp32", "bf16", "int8"),
+    )
+    target = targets.zoo_target(plan.infer_model, plan.infer_shape)
+    _, path = run_bench_infer(target, settings, device, bench_run_dir("infer", target.name, str(run_dir)),
+                              note=lambda text: detail(f"note: {text}"))
+    detail(f"result: {path}")
+    return run_dir
+
+
+def _worker_counts(gpu: bool) -> list[int]:
     have = torch.cuda.device_count() if gpu else (os.cpu_count() or 1)
     counts = [1]
     while counts[-1] * 2 <= have:
@@ -156,12 +169,11 @@ def _worker_counts(gpu: bool) -> list[int]:
 def _predict_beyond(out: Path, plan: LabPlan, measured: list[dict[str, Any]], gpu: bool) -> Path:
     """Predicted speedup for worker counts this machine does not have (the model of `dlscale predict`)."""
     from dlscale.bench.common import result_object
-    from dlscale.models import build_model, model_info
-    from dlscale.forecast.model import network, predict
+    from dlscale.forecast.model import predict
+    from dlscale.forecast.networks import network
+    from dlscale.models.size import parameter_count
 
-    info = model_info(plan.predict_model)
-    with torch.device("meta"):
-        params = sum(p.numel() for p in build_model(plan.predict_model, info.default_input_shape, info.default_num_classes).parameters())
+    params = parameter_count(plan.predict_model)
     one = min(measured, key=lambda r: r["workers"])
     largest = max(r["workers"] for r in measured)
     counts = [largest * 2 ** k for k in range(1, 6)]
@@ -174,6 +186,5 @@ def _predict_beyond(out: Path, plan: LabPlan, measured: list[dict[str, Any]], gp
     for row in rows:
         row["workers"] = row["gpus"]
         row["predicted"] = True
-    path = out / "predicted-scaling.json"
-    runs.write_json(path, result_object(rows, kind="predict", model=plan.predict_model))
-    return path
+    return results.write_result(out / "predicted-scaling.json", "forecast",
+                                result_object(rows, kind="forecast", model=plan.predict_model))

@@ -12,9 +12,8 @@ Table D.1: 3.14e23 FLOPs. Years are the year of publication (first preprint).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-FLOPS_PER_PFS_DAY = 1e15 * 86400  # 8.64e19
+from dlscale.units import pfs_days
 
 AI_AND_COMPUTE = "OpenAI, AI and Compute (2018), chart value (third-party transcription)"
 GPT3 = "Brown et al. 2020, Language Models are Few-Shot Learners, Table D.1: 3.14e23 FLOPs"
@@ -29,11 +28,6 @@ class Landmark:
 
     def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "year": self.year, "pfs_days": self.pfs_days, "source": self.source}
-
-
-def pfs_days(total_flops: float) -> float:
-    """Petaflop/s-days of ``total_flops``: total / (1e15 x 86400)."""
-    return total_flops / FLOPS_PER_PFS_DAY
 
 
 LANDMARKS: tuple[Landmark, ...] = (
@@ -83,43 +77,3 @@ def nearest(run_pfs_days: float, count: int = 2) -> list[Landmark]:
     value = max(run_pfs_days, 1e-300)
     ranked = sorted(LANDMARKS, key=lambda e: abs(math.log10(e.pfs_days) - math.log10(value)))
     return sorted(ranked[:count], key=lambda e: e.pfs_days)
-
-
-def have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def compute_chart(runs: list[tuple[str, int, float]], path: str | Path) -> Path:
-    """Draw the landmarks (log-scale petaflop/s-days by year) with ``runs`` placed on them.
-
-    ``runs`` are (label, year, pfs_days). Needs matplotlib (an optional extra): raises
-    ImportError when it is missing; callers check :func:`have_matplotlib` first.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(9, 6))
-    ax.scatter([e.year for e in LANDMARKS], [e.pfs_days for e in LANDMARKS], color="tab:blue", label="landmarks")
-    for entry in LANDMARKS:
-        ax.annotate(entry.name, (entry.year, entry.pfs_days), fontsize=7, xytext=(4, 2), textcoords="offset points")
-    for label, year, value in runs:
-        if value and value > 0:
-            ax.scatter([year], [value], color="tab:red", marker="*", s=120)
-            ax.annotate(label, (year, value), fontsize=8, color="tab:red", xytext=(4, -10), textcoords="offset points")
-    ax.set_yscale("log")
-    ax.set_xlabel("year")
-    ax.set_ylabel("training compute (petaflop/s-days)")
-    ax.set_title("training compute: landmarks (OpenAI AI and Compute; GPT-3) and this run")
-    ax.grid(True, which="major", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path

@@ -336,8 +336,9 @@ def speed_accuracy(infer_rows: Sequence[Row], stem: str | Path) -> Path:
 # --------------------------------------------------------------------------- compute
 
 
-def compute_chart(runs: Sequence[tuple[str, int, float]], stem: str | Path) -> Path:
-    """Landmark training runs (history.LANDMARKS) in petaflop/s-days by year (log), with
+def compute_figure(runs: Sequence[tuple[str, int, float]], runs_label: str = "this report's runs",
+                   title_runs: str = "these runs") -> Figure:
+    """Landmark training runs (report.landmarks) in petaflop/s-days by year (log), with
     ``runs`` (label, year, pfs_days) placed among them as filled stars."""
     from dlscale.report.landmarks import LANDMARKS
 
@@ -355,7 +356,7 @@ def compute_chart(runs: Sequence[tuple[str, int, float]], stem: str | Path) -> P
     placed = [(label, year, value) for label, year, value in runs if _positive(value)]
     if placed:
         ax.scatter([y for _, y, _ in placed], [v for _, _, v in placed], marker="*", s=180, color=COLOURS[2],
-                   edgecolors=COLOURS[0], linewidths=0.8, label="this report's runs", zorder=4)
+                   edgecolors=COLOURS[0], linewidths=0.8, label=runs_label, zorder=4)
         for label, year, value in placed:
             ax.annotate(label, (year, value), fontsize=8, xytext=(7, -4), textcoords="offset points",
                         fontweight="bold")
@@ -365,7 +366,21 @@ def compute_chart(runs: Sequence[tuple[str, int, float]], stem: str | Path) -> P
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.0f}"))
     ax.set_xlabel("year of publication / of the run")
     ax.set_ylabel("training compute (PF/s-days, log; 1 PF/s-day = 8.64e19 FLOPs)")
-    ax.set_title("training compute: landmarks (OpenAI AI and Compute; GPT-3) and these runs")
+    ax.set_title(f"training compute: landmarks (OpenAI AI and Compute; GPT-3) and {title_runs}")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, stem)
+    return fig
+
+
+def compute_chart(runs: Sequence[tuple[str, int, float]], stem: str | Path) -> Path:
+    """The compute chart of a report: ``<stem>.png`` and ``<stem>.svg``."""
+    return _save(compute_figure(runs), stem)
+
+
+def compute_chart_file(runs: Sequence[tuple[str, int, float]], path: str | Path) -> Path:
+    """The compute chart of one run (``dlscale compute --chart PATH``): exactly ``path``, in
+    the format its suffix names (png, svg, pdf)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compute_figure(runs, runs_label="this run", title_runs="this run").savefig(path, dpi=PNG_DPI)
+    return path

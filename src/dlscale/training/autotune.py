@@ -23,13 +23,8 @@ from typing import Any
 
 import torch
 
-from dlscale.distributed import process_group as dist
-from dlscale.hardware import inventory as hardware
-from dlscale.data.batches import first_samples
-from dlscale.training.config import TrainConfig
-from dlscale.data import Splits
-from dlscale.hardware.device import resolve_precision
-from dlscale.runs.directory import write_json
+from dlscale.hardware import contention, peaks
+from dlscale.runs.files import write_json
 from dlscale.models.flops import loss_fn
 
 PROBE_SAMPLES = 64  # samples of the run's batch timed per step (small batches mislead: overhead dominates)
@@ -99,10 +94,10 @@ def _decide(ms: dict[tuple[str, bool], float]) -> tuple[str, bool]:
     return best_layout(precisions.pop())
 
 
-def _cache_path() -> Path:
+def cache_path() -> Path:
     """settings-<host>-<digest>.json: the peaks cache's name and fingerprint, so another
     CPU, thread count or torch version gets another file."""
-    peaks_path = hardware.cache_path(hardware.fingerprint())
+    peaks_path = peaks.cache_path(peaks.fingerprint())
     return peaks_path.with_name("settings-" + peaks_path.name.removeprefix("peaks-"))
 
 
@@ -123,7 +118,7 @@ def _cached_choice(path: Path, key: str) -> Choice | None:
     precision, channels_last, step_ms = entry.get("precision"), entry.get("channels_last"), entry.get("step_ms")
     if precision not in ("fp32", "bf16") or not isinstance(channels_last, bool) or not isinstance(step_ms, dict):
         return None
-    if entry.get("busy") and not hardware._machine_busy():
+    if entry.get("busy") and not contention.machine_busy():
         return None  # timed while other work loaded the machine: measure again now that it is quiet
     return Choice(precision, channels_last, step_ms, cached=True)
 
@@ -158,7 +153,7 @@ def choose_cpu_settings(
     n = min(len(example_x), PROBE_SAMPLES)
     x, y = example_x[:n], example_y[:n]
     entry_key = "|".join([key, precision, str(channels_last), "x".join(map(str, x.shape))])
-    path = _cache_path()
+    path = cache_path()
     found = _cached_choice(path, entry_key)
     if found is not None:
         return found
@@ -169,7 +164,7 @@ def choose_cpu_settings(
     # wait, then read its answer instead of measuring against it. A holder that never lets
     # go (a stopped process) is waited for only so long: then this one measures alone and
     # leaves the file to it.
-    with hardware._machine_lock(path) as locked:
+    with contention.machine_lock(path) as locked:
         found = _cached_choice(path, entry_key)
         if found is not None:
             return found
@@ -187,31 +182,9 @@ def choose_cpu_settings(
         try:
             choices = _read_choices(path)  # other keys, possibly written by another process
             choices[entry_key] = {
-                "precision": chosen[0], "channels_last": chosen[1], "step_ms": step_ms, "busy": hardware._machine_busy(),
+                "precision": chosen[0], "channels_last": chosen[1], "step_ms": step_ms, "busy": contention.machine_busy(),
             }
             write_json(path, {"choices": choices})
         except OSError:
             pass  # a read-only cache folder: the choice stands, it is only not kept
     return Choice(*chosen, step_ms=step_ms, cached=False)
-
-
-def settings_for_run(
-    config: TrainConfig, device: torch.device, model: torch.nn.Module, splits: Splits, conv: bool,
-    model_name: str, world: int,
-) -> tuple[str, bool, dict[str, Any] | None]:
-    """Precision and memory format, where the user left them open: on a GPU bf16 (where it
-    has it) and channels_last for conv nets; on a CPU whichever measures fastest on this
-    machine (rank 0 measures, or reads its cache, and tells the others)."""
-    if device.type != "cpu" or (config.precision != "auto" and (config.channels_last is not None or not conv)):
-        precision = resolve_precision(config.precision, device)
-        channels_last = (device.type == "cuda" and conv) if config.channels_last is None else config.channels_last
-        return precision, channels_last, None
-    probe_x, probe_y = first_samples(splits.train, min(config.batch_size // world, PROBE_SAMPLES))
-    key = f"{model_name}|{'x'.join(map(str, splits.input_shape))}|{splits.num_classes}"
-    choice = dist.on_main(lambda: choose_cpu_settings(
-        model, probe_x, probe_y, key=key, precision=config.precision, channels_last=config.channels_last, conv=conv,
-    ))
-    return choice.precision, choice.channels_last, {
-        "precision": choice.precision, "channels_last": choice.channels_last,
-        "step_ms": choice.step_ms, "cached": choice.cached,
-    }

@@ -31,22 +31,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 LAUNCHER_PID_ENV = "DLSCALE_LAUNCHER_PID"  # set by `dlscale train --nproc N` for its workers
 
 
-class Stopped(Exception):
-    """The run stopped on a signal after saving a checkpoint (not a user's mistake)."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
-def name(signum: int) -> str:
-    return signal.Signals(signum).name
-
-
 class StopRequests:
     """Installed around the training loop; ``agreed()`` after every step says whether (and on
     which signal) every worker stops now."""

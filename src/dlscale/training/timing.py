@@ -66,12 +66,3 @@ class StepTimer:
                 return
             self._lap_data_seconds += time.perf_counter() - start
             yield batch
-
-    @property
-    def train_seconds(self) -> float:
-        return self.warmup_seconds + self.timed_seconds
-
-    def samples_per_second(self) -> float | None:
-        if self.timed_seconds > 0:
-            return self.timed_samples / self.timed_seconds
-        return None
