@@ -155,7 +155,7 @@ def test_table_fits_80_columns():
     result = {"world_size": 1024, "backend": "nccl", "device": "cuda (NVIDIA H100 80GB HBM3)", "dtype": "bf16",
               "results": rows}
     console = Console(width=200, record=True, file=open(os.devnull, "w"))
-    console.print(bench_comm._table(result))
+    console.print(bench_comm.results_table(result))
     assert max(len(line) for line in console.export_text().splitlines()) <= 80
 
 

@@ -47,11 +47,11 @@ class _RefusingDataset(torch.utils.data.Dataset):
 
 
 def test_a_user_error_from_a_dataloader_worker_is_said_in_one_line():
-    from dlscale.cli import _one_line
+    from dlscale.cli import one_line
     from dlscale.errors import UserError
 
     loader = torch.utils.data.DataLoader(_RefusingDataset(), batch_size=2, num_workers=1)
     with pytest.raises(UserError) as caught:
         next(iter(loader))
     assert "Traceback" in str(caught.value)  # how torch hands it back
-    assert _one_line(str(caught.value)) == "image 0.jpg is truncated; re-encode it"
+    assert one_line(str(caught.value)) == "image 0.jpg is truncated; re-encode it"

@@ -53,8 +53,8 @@ def test_digits_read_from_the_shipped_csv_equal_sklearns_loader():
     import numpy as np
     from sklearn.datasets import load_digits as sklearn_digits
 
-    from dlscale.data.digits import _read_digits
+    from dlscale.data.digits import read_digits
 
-    pixels, labels = _read_digits()
+    pixels, labels = read_digits()
     reference = sklearn_digits()
     assert np.array_equal(pixels, reference.data) and np.array_equal(labels, reference.target)

@@ -31,7 +31,7 @@ def _fake_timer(monkeypatch, times: dict[tuple[str, bool], float]) -> list:
         calls.append((precision, channels_last, tuple(x.shape)))
         return times[(precision, channels_last)]
 
-    monkeypatch.setattr(autotune, "_median_step_ms", fake)
+    monkeypatch.setattr(autotune, "median_step_ms", fake)
     return calls
 
 
@@ -149,7 +149,7 @@ def test_the_real_timer_gives_up_after_a_slow_warmup():
     x, y = _images(batch=4)
     model = build_model("cnn", (1, 8, 8), 10)
     # a limit of 0 s: only the warm-up step is run and its time returned
-    assert autotune._median_step_ms(model, x, y, "fp32", False, warmup_limit_s=0.0) > 0
+    assert autotune.median_step_ms(model, x, y, "fp32", False, warmup_limit_s=0.0) > 0
 
 
 # ------------------------------------------------------------------ the cache

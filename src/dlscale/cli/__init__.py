@@ -68,7 +68,7 @@ def _run(argv: list[str] | None) -> int:
             return EXIT_USER_ERROR
         return args.handler(args)
     except UserError as exc:
-        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Stopped as exc:  # a signal asked the run to stop: it saved a checkpoint first
         print(f"dlscale: {exc}", file=sys.stderr, flush=True)
@@ -78,7 +78,7 @@ def _run(argv: list[str] | None) -> int:
         return 130
 
 
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
     """A UserError raised in a DataLoader worker comes back as "Caught UserError in DataLoader
     worker process 0." plus the worker's traceback: say only what the error said."""
     lines = message.strip().splitlines()

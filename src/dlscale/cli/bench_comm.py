@@ -201,14 +201,14 @@ def parse_ops(text: str) -> list[str]:
 def _report(console: Any, result: dict[str, Any], path: Path, as_json: bool) -> None:
     from dlscale.runs.files import to_json
 
-    console.print(_table(result))
+    console.print(results_table(result))
     _say(console, _note(result))
     _say(console, f"result: {path}")
     if as_json:
         print(to_json(result), flush=True)
 
 
-def _table(result: dict[str, Any]):
+def results_table(result: dict[str, Any]):
     from rich import box
     from rich.table import Table
 

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from dlscale.hardware.report import hw_report
     from dlscale.progress import make_console
     from dlscale.runs.files import to_json
+    from dlscale.runs.results import stamp
 
     if args.remeasure and args.no_measure:
         raise UserError("--remeasure and --no-measure contradict each other; give one of them")
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     report = hw_report(measure=measure, remeasure=args.remeasure)
     print_report(console, report)
     if args.json:
-        print(to_json(report), flush=True)
+        print(to_json(stamp("hardware", report)), flush=True)
     return 0
 
 

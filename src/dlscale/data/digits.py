@@ -13,13 +13,13 @@ from dlscale.data.splits import Splits, image_splits, split_arrays
 
 def load_digits() -> Splits:
     """Digits as (1, 8, 8) images in a fixed 70/15/15 split, the same in every run."""
-    images, target = _read_digits()
+    images, target = read_digits()
     x = (images / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)  # pixel values are 0..16
     train, val, test = split_arrays(x, target.astype(np.int64), val_pct=15, test_pct=15)
     return image_splits("digits", train, val, test, num_classes=10)
 
 
-def _read_digits() -> tuple[np.ndarray, np.ndarray]:
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
     """The 64 pixels and the label of every image, read straight from the CSV that
     scikit-learn ships: importing sklearn itself takes about a second, a third of a short
     run's start-up. Falls back to sklearn's own loader if the file has moved."""

@@ -46,7 +46,7 @@ def _label(precision: str, channels_last: bool) -> str:
     return precision + ("+channels_last" if channels_last else "")
 
 
-def _median_step_ms(
+def median_step_ms(
     model: torch.nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -172,7 +172,7 @@ def choose_cpu_settings(
         with torch.random.fork_rng(devices=[]):  # dropout draws must not shift the run's RNG
             for i, (p, cl) in enumerate(variants):
                 limit = FIRST_STEP_LIMIT_S if i == 0 else math.inf
-                ms[(p, cl)] = _median_step_ms(model, x, y, p, cl, warmup_limit_s=limit)
+                ms[(p, cl)] = median_step_ms(model, x, y, p, cl, warmup_limit_s=limit)
                 if i == 0 and ms[(p, cl)] > FIRST_STEP_LIMIT_S * 1e3:
                     break  # too slow to try every variant: keep the baseline
         chosen = variants[0] if len(ms) == 1 else _decide(ms)

@@ -92,11 +92,11 @@ class TrainState:
         if self.time_to_target_seconds is not None:
             carried["time_to_target_seconds"] = self.time_to_target_seconds
             carried["time_to_target_step"] = self.time_to_target_step
-        carried.update(
-            warmup_seconds=self.timer.warmup_seconds,
-            timed_seconds=self.timer.timed_seconds,
-            timed_samples=self.timer.timed_samples,
-            timed_data_seconds=self.timer.timed_data_seconds,
+        carried.update(  # every session so far, not only this one: a run may be resumed many times
+            warmup_seconds=self.earlier.warmup_seconds + self.timer.warmup_seconds,
+            timed_seconds=self.earlier.timed_seconds + self.timer.timed_seconds,
+            timed_samples=self.earlier.timed_samples + self.timer.timed_samples,
+            timed_data_seconds=self.earlier.timed_data_seconds + self.timer.timed_data_seconds,
             loop_seconds=self.loop_seconds(),
             wall_seconds=self.wall_seconds(),
         )
