@@ -7,8 +7,6 @@ signal ended the run after it saved its work: exit code 128 + the signal's numbe
 live here, below every layer, because the trainer and the launcher raise them alike.
 """
 
-import signal
-
 
 class UserError(Exception):
     """Bad input from the user: unknown name, bad path, corrupt file, impossible value."""
@@ -27,4 +25,6 @@ class Stopped(Exception):
 
 
 def signal_name(signum: int) -> str:
+    import signal  # here, not at the top: it loads enum, 6 ms of every `import dlscale`
+
     return signal.Signals(signum).name
