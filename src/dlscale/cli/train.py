@@ -56,6 +56,7 @@ def add_parser(subparsers: Any) -> None:
     add("--strategy", choices=("ddp", "fsdp"), help="data parallel strategy: ddp (default) or fsdp (FSDP2 fully_shard)")
     add("--node-rank", type=int, help="this node's rank (0..nnodes-1) with --master-addr")
     add("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous of a multi-node job (the same on every node)")
+    add("--rdzv-id", metavar="ID", help="the job id the nodes meet under, as torchrun's (default: derived from --run-dir's name and the meeting point, the same on every node)")
     add("--master-addr", help="head node address for a static multi-node rendezvous")
     add("--master-port", type=int, help="head node port (default 29500)")
     add("--max-restarts", type=int, help="restarts of all workers after one fails; they resume from the newest checkpoint (default 0)")

@@ -32,17 +32,29 @@ class LaunchPlan:
     master_addr: str | None = None
     master_port: int = 29500
     max_restarts: int = 0
-    run_id: str = ""
+    run_id: str = ""  # what the nodes meet under: the same on every node (required with nnodes > 1)
+    timeout_s: float = 900.0  # how long the nodes wait for each other to join
+
+
+def rendezvous_id(*parts: object) -> str:
+    """A rendezvous id every node derives alike from what they were all given (the run
+    directory's name, the meeting point, the node count), never from where the shared file
+    system is mounted on each node. It keys the c10d rendezvous state and prefixes the
+    static store, so launchers with different ids never meet."""
+    import hashlib
+
+    return "dlscale-" + hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
 def _rendezvous(plan: LaunchPlan) -> tuple[str, str, dict[str, object]]:
     """(backend, endpoint, configs) as torchrun would choose them."""
     if plan.nnodes == 1 and not plan.rdzv_endpoint and not plan.master_addr:
         return "c10d", "localhost:0", {}  # torchrun --standalone: a free port on loopback
+    wait = max(1, round(plan.timeout_s))  # a node that never comes ends the others after this, not 600-900 s
     if plan.rdzv_endpoint:
-        return "c10d", plan.rdzv_endpoint, {}
+        return "c10d", plan.rdzv_endpoint, {"join_timeout": wait, "timeout": wait}
     if plan.master_addr:
-        return "static", f"{plan.master_addr}:{plan.master_port}", {"rank": plan.node_rank}
+        return "static", f"{plan.master_addr}:{plan.master_port}", {"rank": plan.node_rank, "timeout": wait}
     raise UserError(
         f"--nnodes {plan.nnodes} needs a meeting point: give --rdzv-endpoint HOST:PORT "
         "(the same on every node) or --master-addr HOST with --node-rank"
@@ -80,7 +92,9 @@ def run_workers(worker_args: list[str], plan: LaunchPlan, log_dir: Path) -> dict
         # every worker's output to its own file; local rank 0 also to this console
         logs_specs=DefaultLogsSpecs(log_dir=str(log_dir), redirects=Std.ALL, tee={0: Std.ALL}),
     )
+    from torch.distributed import DistError
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
 
     def forward_usr1(signum: int, frame: object) -> None:
         # the agent handles SIGTERM and SIGINT by passing them to the workers and waiting
@@ -94,9 +108,26 @@ def run_workers(worker_args: list[str], plan: LaunchPlan, log_dir: Path) -> dict
         return {rank: failure.exitcode for rank, failure in failed.failures.items()}
     except SignalException as exc:
         raise LauncherSignalled(int(exc.sigval)) from None
+    except (RendezvousError, DistError) as exc:  # the nodes never met, or lost each other
+        raise UserError(_lost_nodes(exc, plan, endpoint, log_dir)) from None
     finally:
         signal.signal(signal.SIGUSR1, previous)
     return {}
+
+
+def _lost_nodes(exc: BaseException, plan: LaunchPlan, endpoint: str, log_dir: Path) -> str:
+    """One line for a rendezvous that failed: nodes that never came, or a node that went away."""
+    from torch.distributed.elastic.rendezvous.api import RendezvousClosedError, RendezvousTimeoutError
+
+    where = f"rendezvous {endpoint}, id {plan.run_id}"
+    if isinstance(exc, RendezvousTimeoutError):
+        return (f"the {plan.nnodes} nodes did not all join within --timeout {plan.timeout_s:g} s ({where}): start the "
+                "same command on every node, with the same --run-dir and meeting point, or raise --timeout")
+    if isinstance(exc, RendezvousClosedError):
+        return f"another node ended the job ({where}); its own output says why. This node's worker logs: {log_dir}"
+    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return (f"lost contact with the other nodes ({where}): {reason}. A node died or its network went away; "
+            f"this node's worker logs: {log_dir}")
 
 
 class LauncherSignalled(Exception):

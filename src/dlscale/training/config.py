@@ -27,7 +27,7 @@ MAX_SEED = 2**32 - 1
 
 # Keys that describe one invocation rather than the experiment: they are not written
 # to config.toml, so re-running that file starts a new run instead of touching the old.
-INVOCATION_KEYS = ("run_dir", "resume", "node_rank", "rdzv_endpoint", "master_addr", "master_port", "max_restarts")
+INVOCATION_KEYS = ("run_dir", "resume", "node_rank", "rdzv_endpoint", "rdzv_id", "master_addr", "master_port", "max_restarts")
 
 
 @dataclass
@@ -56,6 +56,7 @@ class TrainConfig:
     strategy: str = "ddp"
     node_rank: int = 0  # this node's rank, with --master-addr (static rendezvous)
     rdzv_endpoint: str | None = None  # HOST:PORT of the c10d rendezvous for several nodes
+    rdzv_id: str | None = None  # the job id every node meets under; None: derived from --run-dir and the endpoint
     master_addr: str | None = None
     master_port: int = 29500
     max_restarts: int = 0  # times the elastic agent restarts the workers after one fails

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dlscale.distributed.elastic import LaunchPlan, launch
+from dlscale.distributed.elastic import LaunchPlan, launch, rendezvous_id
 from dlscale.errors import UserError
 from dlscale.models import model_info
 from dlscale.progress import TrainProgress
@@ -65,12 +65,18 @@ def _launch_workers(config: TrainConfig, run_dir: Path, progress: TrainProgress)
     if not runs.holds_run(run_dir):
         runs.create_run_dir(run_dir)
         write_toml(run_dir / "config.toml", config_mod.to_toml_dict(config))
+    meeting_point = config.rdzv_endpoint or f"{config.master_addr}:{config.master_port}"
     plan = LaunchPlan(
         nproc=config.nproc, nnodes=config.nnodes, node_rank=config.node_rank, rdzv_endpoint=config.rdzv_endpoint,
         master_addr=config.master_addr, master_port=config.master_port, max_restarts=config.max_restarts,
+        # every node's launcher derives the same id (the run folder's name, not its mount path)
+        run_id=config.rdzv_id or rendezvous_id(run_dir.name, meeting_point, config.nnodes, config.nproc),
+        timeout_s=config.timeout,
     )
     progress.print(f"dlscale: starting {world} workers ({config.nproc} per node) through torchrun's elastic agent → {run_dir}")
     # the workers share this launcher's claim on the run, and die with it
     shared = {CLAIM_ENV: str(run_dir.resolve()), LAUNCHER_PID_ENV: str(os.getpid())}
-    launch(["train", "--resume", str(run_dir)], plan, log_dir=run_dir / "logs", env=shared)
+    # --timeout travels as a flag: the workers' process groups must wait what the user said
+    worker_args = ["train", "--resume", str(run_dir), "--timeout", repr(config.timeout)]
+    launch(worker_args, plan, log_dir=run_dir / "logs", env=shared)  # torchrun gives each node's agent its own folder
     return TrainResult(summary=results.read_summary(run_dir), run_dir=run_dir, model=None)
