@@ -90,11 +90,16 @@ SLURM_BASE = ("launch", "slurm", "--nodes", "2", "--gpus-per-node", "4")
 # --------------------------------------------------------------------------- slurm: the script
 
 
-def test_slurm_dry_run_prints_the_script_and_writes_nothing(dlscale, tmp_path):
+def test_slurm_dry_run_prints_the_script_and_writes_the_file_it_names(dlscale, tmp_path):
     rc, out, err = dlscale(*SLURM_BASE, "--time", "02:00:00", "--partition", "gpu", "--account", "proj42",
                            "--dry-run", "--", "dlscale", "train", "--model", "resnet50")
     assert rc == 0, err
-    assert list(tmp_path.iterdir()) == []
+    # the script, nothing else: the one file it tells the user to submit (issue 12), never submitted
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) == 1 and re.fullmatch(r"runs/\d{8}T\d{6}Z-slurm/job\.sbatch", str(written[0].relative_to(tmp_path)))
+    assert written[0].read_text() == out
+    assert err.strip() == f"wrote {written[0].relative_to(tmp_path)}; submit it from this folder: sbatch {written[0].relative_to(tmp_path)}"
+    assert f"sbatch {written[0].relative_to(tmp_path)}" in out  # the script's own comment names the same file
     lines = out.splitlines()
     assert lines[0] == "#!/bin/bash"
     for directive in ("--nodes=2", "--ntasks-per-node=1", "--gres=gpu:4", "--time=02:00:00",
@@ -136,6 +141,55 @@ def test_slurm_script_quotes_user_values_and_passes_bash_syntax_check(dlscale, t
     assert check.returncode == 0, check.stderr
 
 
+def test_slurm_cpu_only_cluster_asks_for_no_gres(dlscale, tmp_path):
+    """--gpus-per-node 0 --nproc K: K CPU workers on each node and no gres line, which a
+    cluster without GPUs would refuse (the real sbatch does: tests/distributed/test_slurm.py)."""
+    rc, out, err = dlscale("launch", "slurm", "--nodes", "3", "--gpus-per-node", "0", "--nproc", "4",
+                           "--script", "cpu.sbatch", "--dry-run", "--", "dlscale", "train")
+    assert rc == 0, err
+    assert "gres" not in out
+    assert not [line for line in out.splitlines() if line.startswith("#SBATCH") and "gpu" in line.lower()]
+    assert "#SBATCH --nodes=3" in out.splitlines()
+    assert "--nproc-per-node=4" in out and "on the CPU" in out
+    assert (tmp_path / "cpu.sbatch").read_text() == out
+    check = subprocess.run(["bash", "-n", str(tmp_path / "cpu.sbatch")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize("gpus, nproc, workers", [("4", None, 4), ("4", "2", 2), ("1", "8", 8)])
+def test_slurm_nproc_defaults_to_one_worker_per_gpu(dlscale, gpus, nproc, workers):
+    rc, out, err = dlscale("launch", "slurm", "--nodes", "2", "--gpus-per-node", gpus, *(["--nproc", nproc] if nproc else []),
+                           "--dry-run", "--", "dlscale", "train")
+    assert rc == 0, err
+    assert f"#SBATCH --gres=gpu:{gpus}" in out.splitlines()
+    assert f"--nproc-per-node={workers} " in out
+
+
+@pytest.mark.parametrize("flags, command, signal, requeue", [
+    ((), ("dlscale", "train", "--resume", "auto", "--run-dir", "r"), True, True),
+    ((), ("python", "-m", "dlscale", "train", "--resume=runs/old"), True, True),
+    ((), ("dlscale", "train", "--run-dir", "r"), True, False),  # started again, it would find its run taken
+    ((), ("dlscale", "train", "--resume", "auto"), True, False),  # which run is "newest" may change meanwhile
+    ((), ("python", "train.py", "--resume", "auto", "--run-dir", "r"), False, False),  # not ours: may not save on USR1
+    (("--no-requeue",), ("dlscale", "train", "--resume", "auto", "--run-dir", "r"), False, False),
+    (("--signal-before", "300"), ("dlscale", "train", "--resume", "auto", "--run-dir", "r"), True, True),
+])
+def test_slurm_time_limit_signal_and_requeue(dlscale, flags, command, signal, requeue):
+    """`dlscale train` saves and stops on SIGUSR1, which SLURM sends ahead of the time limit to
+    every process of the step: torchrun's agents pass it on instead of dying of it. A command
+    that continues its own run when started again is also requeueable."""
+    rc, out, err = dlscale(*SLURM_BASE, *flags, "--dry-run", "--", *command)
+    assert rc == 0, err
+    lines = out.splitlines()
+    before = flags[1] if flags[:1] == ("--signal-before",) else "90"
+    assert (f"#SBATCH --signal=USR1@{before}" in lines) is signal
+    assert ("--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in out) is signal
+    assert (f"--shutdown-timeout={before}" in out) is signal
+    assert ("#SBATCH --requeue" in lines) is requeue and ("#SBATCH --open-mode=append" in lines) is requeue
+    launch_line = " ".join(out.split("\\\n"))
+    assert shlex.split(launch_line[launch_line.index("srun"):])[-len(command) + 1:] == list(command[1:])
+
+
 @pytest.mark.parametrize("command, target", [
     (["python", "-m", "pkg.train", "--lr", "0.1"], ["-m", "pkg.train", "--lr", "0.1"]),
     (["python3", "-u", "train.py", "--lr", "0.1"], ["train.py", "--lr", "0.1"]),
@@ -151,6 +205,11 @@ def test_python_commands_map_onto_torchrun(command, target):
     ((*SLURM_BASE, "--dry-run", "--"), ("after '--'",)),
     (("launch", "slurm", "--nodes", "0", "--gpus-per-node", "4", "--dry-run", "--", "dlscale", "train"), ("--nodes",)),
     (("launch", "slurm", "--nodes", "1", "--gpus-per-node", "0", "--dry-run", "--", "dlscale", "train"), ("--gpus-per-node",)),
+    (("launch", "slurm", "--nodes", "1", "--gpus-per-node", "0", "--dry-run", "--", "dlscale", "train"), ("--nproc",)),
+    (("launch", "slurm", "--nodes", "1", "--gpus-per-node", "-1", "--dry-run", "--", "dlscale", "train"), ("--gpus-per-node",)),
+    (("launch", "slurm", "--nodes", "1", "--gpus-per-node", "0", "--nproc", "0", "--dry-run", "--", "dlscale", "train"),
+     ("--nproc",)),
+    ((*SLURM_BASE, "--signal-before", "0", "--dry-run", "--", "dlscale", "train"), ("--signal-before",)),
     ((*SLURM_BASE, "--time", "2h", "--dry-run", "--", "dlscale", "train"), ("--time", "HH:MM:SS")),
     ((*SLURM_BASE, "--time", "01:75:00", "--dry-run", "--", "dlscale", "train"), ("--time",)),
     ((*SLURM_BASE, "--dry-run", "--", "bash", "run.sh"), ("'dlscale ...'", "bash")),

@@ -5,8 +5,9 @@
 
 **slurm** writes an sbatch script (``dlscale.distributed.slurm``) and hands it to
 ``sbatch`` (or, where there is no ``sbatch``, leaves it for the user to submit on the
-cluster's login node); ``--dry-run`` prints the script. **mpi** builds an ``mpirun`` or
-``mpiexec`` line (``dlscale.distributed.mpi``) and runs it; ``--dry-run`` prints it.
+cluster's login node); ``--dry-run`` writes and prints the script without submitting it.
+**mpi** builds an ``mpirun`` or ``mpiexec`` line (``dlscale.distributed.mpi``) and runs
+it; ``--dry-run`` prints it.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def _add_slurm(kinds: Any) -> None:
         help="write an sbatch script that runs the command with torchrun on every node, and submit it",
         description=(
             "Write an sbatch script: one SLURM task per node, each starting torchrun with "
-            "--nproc-per-node=GPUS and the c10d rendezvous on the job's first node. Without "
-            "--dry-run the script is written and submitted with sbatch."
+            "--nproc-per-node=GPUS (or --nproc K CPU workers) and the c10d rendezvous on the job's first "
+            "node. The script is written and submitted with sbatch; with --dry-run it is written and "
+            "printed, not submitted."
         ),
         epilog=(
             "examples:\n"
@@ -48,6 +50,7 @@ def _add_slurm(kinds: Any) -> None:
             "  dlscale launch slurm --nodes 4 --gpus-per-node 8 --time 02:00:00 --partition gpu \\\n"
             "      --sbatch=--mem=0 --sbatch=--exclusive -- dlscale train --config run.toml\n"
             "  dlscale launch slurm --nodes 2 --gpus-per-node 1 -- python -m mypackage.train --lr 0.1\n"
+            "  dlscale launch slurm --nodes 2 --gpus-per-node 0 --nproc 4 -- dlscale train   # a CPU-only cluster\n"
             "\n"
             "The command is run by torchrun: 'dlscale ...' becomes 'torchrun ... -m dlscale ...', "
             "'python -m MODULE ...' and 'python SCRIPT.py ...' likewise."
@@ -56,7 +59,9 @@ def _add_slurm(kinds: Any) -> None:
     )
     add = s.add_argument
     add("--nodes", type=int, required=True, help="nodes to allocate (one torchrun per node)")
-    add("--gpus-per-node", type=int, required=True, metavar="G", help="GPUs per node; torchrun starts G workers on each node")
+    add("--gpus-per-node", type=int, required=True, metavar="G",
+        help="GPUs per node; torchrun starts G workers on each node. 0: a CPU-only cluster (no gres asked for; give --nproc)")
+    add("--nproc", type=int, metavar="K", help="workers per node (default: G, one per GPU; required with --gpus-per-node 0)")
     add("--cpus-per-task", type=int, metavar="N", help="CPU cores for each node's task (its G workers share them)")
     add("--time", help="time limit: HH:MM:SS, MM, MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
     add("--partition", help="SLURM partition (queue)")
@@ -66,8 +71,13 @@ def _add_slurm(kinds: Any) -> None:
     add("--sbatch", action="append", default=[], metavar="LINE",
         help="an extra '#SBATCH LINE' (repeatable); write it with '=': --sbatch=--mem=64G")
     add("--port", type=int, help="rendezvous port on the first node (default: 15000 + the job id's last four digits)")
+    add("--requeue", action=argparse.BooleanOptionalAction, default=True,
+        help="for 'dlscale train': ask SLURM for SIGUSR1 ahead of the time limit (the run saves and stops); "
+        "with '--resume auto --run-dir DIR' also make the job requeueable, a requeued job resuming the run (default on)")
+    add("--signal-before", type=int, default=90, metavar="SECS",
+        help="how long before the time limit SLURM sends SIGUSR1 (default 90; SLURM may be up to ~30 s late)")
     add("--script", metavar="PATH", help="where to write the script (default runs/<UTC-time>-slurm/job.sbatch)")
-    add("--dry-run", action="store_true", help="print the script and write nothing")
+    add("--dry-run", action="store_true", help="write the script and print it, but do not submit it")
     add("user_command", nargs=argparse.REMAINDER, metavar="-- COMMAND...", help="what to run, e.g. dlscale train --model resnet50")
 
 
@@ -126,10 +136,13 @@ def run_slurm(args: argparse.Namespace) -> int:
     job = slurm.batch_job(
         nodes=args.nodes, gpus_per_node=args.gpus_per_node, command=_command(args, "slurm"), script=args.script,
         output=args.output, job_name=args.job_name, time=args.time, partition=args.partition, account=args.account,
-        cpus_per_task=args.cpus_per_task, extra=args.sbatch, port=args.port,
+        cpus_per_task=args.cpus_per_task, extra=args.sbatch, port=args.port, nproc=args.nproc,
+        requeue=args.requeue, signal_before=args.signal_before,
     )
     if args.dry_run:
+        slurm.write(job)
         sys.stdout.write(job.text)
+        print(f"wrote {job.script}; submit it from this folder: sbatch {shlex.quote(str(job.script))}", file=sys.stderr)
         return 0
     answer = slurm.submit(job)
     print(f"wrote {job.script}; per-rank logs will be in {job.log_dir}", file=sys.stderr)

@@ -2,11 +2,16 @@
 
 The script runs one task per node; each task starts torchrun's elastic agent, the agents
 meet through torchrun's c10d rendezvous on the job's first node (the recipe of torchrun's
-own SLURM examples), and each agent starts one worker per GPU with
-RANK/LOCAL_RANK/WORLD_SIZE/MASTER_* set. torchrun writes each worker's stdout and stderr
-to its own file (``--log-dir``, ``--tee``) and copies local rank 0 to the job's output
-file: under ``<run-dir>/logs`` when the command has ``--run-dir``, else under the
-launch's own folder ``runs/<UTC-time>-slurm/logs``.
+own SLURM examples), and each agent starts one worker per GPU (or ``nproc`` CPU workers on
+a CPU-only cluster, with no gres request) with RANK/LOCAL_RANK/WORLD_SIZE/MASTER_* set.
+torchrun writes each worker's stdout and stderr to its own file (``--log-dir``, ``--tee``)
+and copies local rank 0 to the job's output file: under ``<run-dir>/logs`` when the
+command has ``--run-dir``, else under the launch's own folder ``runs/<UTC-time>-slurm/logs``.
+
+Time limits: for ``dlscale train`` the script asks for SIGUSR1 ahead of the limit
+(``--signal=USR1@S``, to every process of the step), the agents pass it on to their workers,
+and the run saves and stops; a command that continues its own run when started again
+(``--resume auto --run-dir DIR``) is also ``--requeue``-able.
 """
 
 from __future__ import annotations
@@ -44,11 +49,14 @@ def batch_job(
     cpus_per_task: int | None = None,
     extra: list[str] | tuple[str, ...] = (),
     port: int | None = None,
+    nproc: int | None = None,
+    requeue: bool = True,
+    signal_before: int = 90,
 ) -> BatchJob:
     """The script for ``command``, where it goes (``script``, else
     runs/<UTC-time>-slurm/job.sbatch) and where its logs and output will be."""
     check_positive(nodes, "--nodes")
-    check_positive(gpus_per_node, "--gpus-per-node")
+    workers_per_node(gpus_per_node, nproc)
     if script:
         path = Path(script)
         folder = path.parent
@@ -61,14 +69,73 @@ def batch_job(
     text = sbatch_script(
         nodes=nodes, gpus_per_node=gpus_per_node, command=command, log_dir=log_dir, output=output,
         job_name=job_name, time=time, partition=partition, account=account,
-        cpus_per_task=cpus_per_task, extra=extra, port=port, script=str(path),
+        cpus_per_task=cpus_per_task, extra=extra, port=port, script=str(path), nproc=nproc,
+        requeue=requeue, signal_before=signal_before,
     )
     return BatchJob(script=path, text=text, log_dir=log_dir, output=output)
 
 
+def _is_train(command: list[str]) -> bool:
+    """``dlscale train ...`` or ``python -m dlscale train ...``."""
+    program = Path(command[0]).name
+    if program == "dlscale":
+        return command[1:2] == ["train"]
+    return bool(_PYTHON.fullmatch(program)) and command[1:4] == ["-m", "dlscale", "train"]
+
+
+def resumable(command: list[str]) -> bool:
+    """Whether a requeued job continues where this command stopped: ``dlscale train`` with
+    ``--resume auto --run-dir DIR`` (a new run the first time, that run afterwards) or
+    ``--resume DIR``."""
+    if not _is_train(command):
+        return False
+    resume = None
+    for i, word in enumerate(command):
+        if word == "--resume" and i + 1 < len(command):
+            resume = command[i + 1]
+        elif word.startswith("--resume="):
+            resume = word.split("=", 1)[1]
+    return resume is not None and (resume != "auto" or run_dir_of(command) is not None)
+
+
+def _torchrun_passes_signals() -> bool:
+    """Whether this torch's torchrun has --signals-to-handle and --shutdown-timeout (recent
+    releases), read from its source so that `dlscale launch` does not import torch. Without
+    them the script asks for no signal: SIGUSR1 would kill torchrun's agents."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.origin:
+        return False
+    try:
+        source = (Path(spec.origin).parent / "distributed" / "run.py").read_text()
+        return "--signals-to-handle" in source and "--shutdown-timeout" in source
+    except OSError:
+        return False
+
+
+def workers_per_node(gpus_per_node: int, nproc: int | None) -> int:
+    """How many workers torchrun starts on each node: ``nproc``, else one per GPU. A CPU-only
+    cluster (``--gpus-per-node 0``) must say how many (``--nproc``)."""
+    if gpus_per_node < 0:
+        raise UserError(f"--gpus-per-node must be at least 0 (0: a CPU-only cluster), got {gpus_per_node}")
+    check_positive(nproc, "--nproc")
+    if nproc is None and gpus_per_node == 0:
+        raise UserError("--gpus-per-node 0 asks for no GPUs: give --nproc K, the CPU workers to start on each node")
+    return nproc if nproc is not None else gpus_per_node
+
+
+def write(job: BatchJob) -> None:
+    """Write the script (never over an existing file) and create its output file's folder."""
+    _write_script(job.script, job.text, Path(job.output).parent)
+
+
 def submit(job: BatchJob) -> str:
     """Write the script and hand it to sbatch; what sbatch answered ("Submitted batch job 42")."""
-    _write_script(job.script, job.text, Path(job.output).parent)
+    write(job)
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise UserError(f"sbatch not found: submit {job.script} on the cluster's login node (from this folder: sbatch {job.script})")
@@ -149,22 +216,33 @@ def sbatch_script(
     extra: list[str] | tuple[str, ...] = (),
     port: int | None = None,
     script: str = "THIS_FILE",
+    nproc: int | None = None,
+    requeue: bool = True,
+    signal_before: int = 90,
 ) -> str:
-    """The sbatch script: one task per node, each running torchrun with the c10d rendezvous."""
+    """The sbatch script: one task per node, each running torchrun with the c10d rendezvous
+    and ``nproc`` workers (default: one per GPU; ``gpus_per_node=0``: CPU workers, no gres)."""
     check_positive(nodes, "--nodes")
-    check_positive(gpus_per_node, "--gpus-per-node")
+    per_node = workers_per_node(gpus_per_node, nproc)
     check_positive(cpus_per_task, "--cpus-per-task")
     check_port(port, "--port")
+    check_positive(signal_before, "--signal-before")
+    # the signal for `dlscale train` (it saves and stops on SIGUSR1); the requeue only when
+    # the command continues its own run when started again (--resume auto/DIR and --run-dir)
+    warned = requeue and _is_train(command) and _torchrun_passes_signals()
+    requeue = warned and resumable(command)
     target = torchrun_target(command)
     q = shlex.quote
     directives = [
         f"--job-name={_sbatch_value(job_name, '--job-name')}",
         f"--nodes={nodes}",
         "--ntasks-per-node=1",
+    ]
+    if gpus_per_node:
         # --gres=gpu:G, not --gpus-per-node=G: gres works with every select plugin
         # (cons_res and cons_tres) and SLURM release; --gpus-per-node needs cons_tres.
-        f"--gres=gpu:{gpus_per_node}",
-    ]
+        # None on a CPU-only cluster, which refuses any gpu gres ("Invalid generic resource").
+        directives.append(f"--gres=gpu:{gpus_per_node}")
     if cpus_per_task:
         directives.append(f"--cpus-per-task={cpus_per_task}")
     if time:
@@ -174,6 +252,15 @@ def sbatch_script(
     if account:
         directives.append(f"--account={_sbatch_value(account, '--account')}")
     directives.append(f"--output={_sbatch_value(output, '--output')}")
+    if warned:
+        # SIGUSR1 to every process of the job step (torchrun's agents and their workers),
+        # signal_before seconds ahead of the time limit, on SLURM's ~30 s polling: the workers
+        # save after a step and stop
+        directives.append(f"--signal=USR1@{signal_before}")
+    if requeue:
+        # the job may be requeued (`scontrol requeue`) and then resumes its run (--resume);
+        # --open-mode=append: a requeued job adds to its output file instead of emptying it
+        directives += ["--requeue", "--open-mode=append"]
     directives += [_extra_line(line) for line in extra]
 
     srun = ["srun", "--kill-on-bad-exit=1"]  # one failed node ends the job instead of leaving the others waiting
@@ -187,7 +274,7 @@ def sbatch_script(
     torchrun = [
         "torchrun",
         '--nnodes="$SLURM_NNODES"',
-        f"--nproc-per-node={gpus_per_node}",
+        f"--nproc-per-node={per_node}",
         "--rdzv-backend=c10d",
         '--rdzv-endpoint="$head_node:$port"',
         '--rdzv-id="$SLURM_JOB_ID"',
@@ -195,13 +282,18 @@ def sbatch_script(
         "--tee=3",
         "--local-ranks-filter=0",
     ]
+    if warned:
+        # SIGUSR1 would kill an agent (its default action): the agents pass it on to their workers
+        # instead, which save after a step and stop, and give them --signal-before seconds for it
+        torchrun[1:1] = ["--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", f"--shutdown-timeout={signal_before}"]
     body = " \\\n    ".join([" ".join(srun) + " " + torchrun[0], *torchrun[1:], " ".join(q(w) for w in target)])
     lines = [
         "#!/bin/bash",
         f"# Written by `dlscale launch slurm`. Submit it from the folder it was written in: sbatch {q(script)}",
         "#",
-        f"# One SLURM task per node; each starts torchrun's elastic agent, which starts {gpus_per_node} worker(s),",
-        "# one per GPU. The agents meet through torchrun's c10d rendezvous on the job's first node, which",
+        f"# One SLURM task per node; each starts torchrun's elastic agent, which starts {per_node} worker(s)"
+        + (f" ({gpus_per_node} GPU(s) per node)." if gpus_per_node else " on the CPU (no GPUs asked for)."),
+        "# The agents meet through torchrun's c10d rendezvous on the job's first node, which",
         "# hands out the ranks. sbatch passes on the submitting shell's environment (an active venv too).",
         *(f"#SBATCH {d}" for d in directives),
         "",
