@@ -18,6 +18,7 @@ class Stopped(Exception):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+        self.said = False  # already printed (before a SLURM requeue ended the job)
 
     @property
     def exit_code(self) -> int:

@@ -168,7 +168,7 @@ def test_slurm_nproc_defaults_to_one_worker_per_gpu(dlscale, gpus, nproc, worker
 @pytest.mark.parametrize("flags, command, signal, requeue", [
     ((), ("dlscale", "train", "--resume", "auto", "--run-dir", "r"), True, True),
     ((), ("python", "-m", "dlscale", "train", "--resume=runs/old"), True, True),
-    ((), ("dlscale", "train", "--run-dir", "r"), True, False),  # started again, it would find its run taken
+    ((), ("dlscale", "train", "--run-dir", "r"), True, True),  # requeued (SLURM_RESTART_COUNT > 0), it continues its run
     ((), ("dlscale", "train", "--resume", "auto"), True, False),  # which run is "newest" may change meanwhile
     ((), ("python", "train.py", "--resume", "auto", "--run-dir", "r"), False, False),  # not ours: may not save on USR1
     (("--no-requeue",), ("dlscale", "train", "--resume", "auto", "--run-dir", "r"), False, False),

@@ -118,7 +118,7 @@ def test_a_lost_node_ends_the_other_with_one_error_line(tmp_path, how):
     """A node that dies (launcher and worker killed at once) or freezes (both stopped): the
     other node's workers fail their collective within --timeout, and the launcher says so in
     one line, with the --timeout its workers really used."""
-    first, second = _two_nodes_training(tmp_path, timeout_s=10)
+    first, second = _two_nodes_training(tmp_path, timeout_s=5)
     lost = [_worker_of(second), second.pid]
     for pid in lost:
         os.kill(pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
@@ -136,5 +136,5 @@ def test_a_lost_node_ends_the_other_with_one_error_line(tmp_path, how):
     assert code == 2, err[-2000:]
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, err[-2000:]
-    assert "--timeout 10 s" in errors[0] and "another worker froze or died" in errors[0]
+    assert "--timeout 5 s" in errors[0] and "another worker froze or died" in errors[0]
     assert "Traceback" not in err

@@ -154,17 +154,18 @@ def test_a_gpu_request_on_a_cpu_cluster_is_one_error_line(cluster, tmp_path):
 
 # --------------------------------------------------------------------------- time limits: signal, requeue, resume
 
-LONG = [*TRAIN[:TRAIN.index("--max-steps")], "--max-steps", "400", *TRAIN[TRAIN.index("--max-steps") + 2:]]
+LONG = [*TRAIN[:TRAIN.index("--max-steps")], "--max-steps", "200", *TRAIN[TRAIN.index("--max-steps") + 2:]]
 
 
-def test_a_signalled_job_saves_and_a_requeued_one_resumes_to_the_uninterrupted_loss(cluster, tmp_path, tmp_path_factory):
+def test_a_signalled_job_saves_requeues_itself_and_resumes_to_the_uninterrupted_loss(cluster, tmp_path, tmp_path_factory):
     """SIGUSR1 as SLURM sends it ahead of the time limit (`--signal=USR1@90`: to every process
     of the job step; here at once, with `scancel --signal=USR1`): the workers save after a
-    step and stop. `scontrol requeue` then starts the same script again; with
-    `--resume auto --run-dir` it continues the run and ends with the uninterrupted loss."""
+    step and stop, and rank 0 requeues the job (`scontrol requeue`). Started again, the same
+    script (plain `--run-dir`, no --resume) continues the run and ends with the loss of an
+    uninterrupted one; summary.json says SLURM restarted the job once."""
     port = slurm_cluster.free_ports(1)[0]
     done = launch(cluster, tmp_path, "--nodes", "1", "--gpus-per-node", "0", "--nproc", "2", "--port", str(port),
-                  "--", *LONG, "--resume", "auto", "--run-dir", "run")
+                  "--", *LONG, "--run-dir", "run")
     job = job_id(done)
     script = next(tmp_path.glob("runs/*-slurm/job.sbatch")).read_text().splitlines()
     assert {"#SBATCH --requeue", "#SBATCH --signal=USR1@90", "#SBATCH --open-mode=append"} <= set(script)
@@ -175,28 +176,31 @@ def test_a_signalled_job_saves_and_a_requeued_one_resumes_to_the_uninterrupted_l
         assert time.monotonic() < deadline, "the job never started training"
         time.sleep(0.2)
     cluster.run("scancel", "--signal=USR1", job)
-    info = cluster.wait_job(job, timeout=JOB_TIMEOUT)
-    output_file = next(tmp_path.glob(f"runs/*-slurm/slurm-{job}.out"))
-    assert "stopped by SIGUSR1 after step" in output_file.read_text(), (info, output_file.read_text()[-3000:])
-    assert not (tmp_path / "run" / "summary.json").exists()
-    saved = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
-    assert saved and int(saved[-1].name.split("-")[1]) < 400
 
-    reference = tmp_path_factory.mktemp("reference-400")  # meanwhile, the run without a stop
+    reference = tmp_path_factory.mktemp("reference-200")  # meanwhile, the run without a stop
     uninterrupted = run_cli([*LONG[1:], "--nproc", "2", "--run-dir", "run"], cwd=reference)
     assert uninterrupted.returncode == 0, uninterrupted.stderr
 
-    cluster.run("scontrol", "requeue", job)
-    deadline = time.monotonic() + 60
-    while cluster.job(job).get("JobState") != "PENDING":  # a requeued job waits ~2 minutes to begin
-        assert time.monotonic() < deadline, cluster.job(job)
+    output_file = next(tmp_path.glob(f"runs/*-slurm/slurm-{job}.out"))
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while (info := cluster.job(job)).get("Restarts") != "1" or info.get("JobState") != "PENDING":
+        assert time.monotonic() < deadline, (info, output_file.read_text()[-3000:])
+        assert info.get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), (info, output_file.read_text()[-3000:])
         time.sleep(0.2)
-    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    output = output_file.read_text()
+    assert "stopped by SIGUSR1 after step" in output and f"requeueing SLURM job {job} (requeue 1 of at most 10)" in output
+    assert not (tmp_path / "run" / "summary.json").exists()
+    saved = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
+    assert saved and int(saved[-1].name.split("-")[1]) < 200
+
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")  # a requeued job waits ~2 minutes to begin
     info = finished(cluster, job, tmp_path)
     assert info["Restarts"] == "1"
     output = output_file.read_text()  # --open-mode=append: both runs of the job
-    assert "stopped by SIGUSR1 after step" in output and f"resuming at step {saved[-1].name.split('-')[1]}" in output
+    assert f"continuing {tmp_path / 'run'}" in output or "continuing run" in output, output[-3000:]
+    assert f"resuming at step {saved[-1].name.split('-')[1]}" in output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     expected = json.loads((reference / "run" / "summary.json").read_text())
-    assert summary["steps"] == 400
+    assert summary["steps"] == 200
     assert summary["final_loss"] == expected["final_loss"]
+    assert summary["slurm_restart_count"] == 1 and expected["slurm_restart_count"] is None

@@ -71,7 +71,8 @@ def _run(argv: list[str] | None) -> int:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Stopped as exc:  # a signal asked the run to stop: it saved a checkpoint first
-        print(f"dlscale: {exc}", file=sys.stderr, flush=True)
+        if not exc.said:
+            print(f"dlscale: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -60,6 +60,7 @@ def add_parser(subparsers: Any) -> None:
     add("--master-addr", help="head node address for a static multi-node rendezvous")
     add("--master-port", type=int, help="head node port (default 29500)")
     add("--max-restarts", type=int, help="restarts of all workers after one fails; they resume from the newest checkpoint (default 0)")
+    add("--max-requeues", type=int, help="times a SLURM job stopped by its time-limit signal (USR1) requeues itself and continues (default 10)")
     add("--timeout", type=float, help="seconds a collective may wait for the other workers before the job fails (default 600)")
     add("--scale-lr", action=argparse.BooleanOptionalAction, default=None, help="linear scaling rule: lr x global batch / 256, with warm-up")
     add("--checkpoint-every", type=int, help="save a checkpoint every N steps (default 0: only at the end)")

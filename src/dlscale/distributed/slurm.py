@@ -10,8 +10,9 @@ command has ``--run-dir``, else under the launch's own folder ``runs/<UTC-time>-
 
 Time limits: for ``dlscale train`` the script asks for SIGUSR1 ahead of the limit
 (``--signal=USR1@S``, to every process of the step), the agents pass it on to their workers,
-and the run saves and stops; a command that continues its own run when started again
-(``--resume auto --run-dir DIR``) is also ``--requeue``-able.
+and the run saves, stops and requeues the job (``training/requeue``); a command that
+continues its own run when started again (``--run-dir DIR``, or ``--resume DIR``) is also
+``--requeue``-able.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def _is_train(command: list[str]) -> bool:
 
 def resumable(command: list[str]) -> bool:
     """Whether a requeued job continues where this command stopped: ``dlscale train`` with
-    ``--resume auto --run-dir DIR`` (a new run the first time, that run afterwards) or
-    ``--resume DIR``."""
+    ``--run-dir DIR`` (started again by a requeue, it continues that run), with ``--resume
+    auto --run-dir DIR``, or with ``--resume DIR``."""
     if not _is_train(command):
         return False
     resume = None
@@ -95,7 +96,9 @@ def resumable(command: list[str]) -> bool:
             resume = command[i + 1]
         elif word.startswith("--resume="):
             resume = word.split("=", 1)[1]
-    return resume is not None and (resume != "auto" or run_dir_of(command) is not None)
+    if resume is None:  # a requeued job (SLURM_RESTART_COUNT > 0) continues the run in its --run-dir
+        return run_dir_of(command) is not None
+    return resume != "auto" or run_dir_of(command) is not None
 
 
 def _torchrun_passes_signals() -> bool:

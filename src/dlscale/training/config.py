@@ -27,7 +27,7 @@ MAX_SEED = 2**32 - 1
 
 # Keys that describe one invocation rather than the experiment: they are not written
 # to config.toml, so re-running that file starts a new run instead of touching the old.
-INVOCATION_KEYS = ("run_dir", "resume", "node_rank", "rdzv_endpoint", "rdzv_id", "master_addr", "master_port", "max_restarts")
+INVOCATION_KEYS = ("run_dir", "resume", "node_rank", "rdzv_endpoint", "rdzv_id", "master_addr", "master_port", "max_restarts", "max_requeues")
 
 
 @dataclass
@@ -60,6 +60,7 @@ class TrainConfig:
     master_addr: str | None = None
     master_port: int = 29500
     max_restarts: int = 0  # times the elastic agent restarts the workers after one fails
+    max_requeues: int = 10  # times a SLURM job stopped by its time-limit warning requeues itself
     timeout: float = 600.0  # seconds a collective may wait before the job fails
     scale_lr: bool = False  # linear scaling rule: lr x global batch / 256 (Goyal et al. 2017)
     checkpoint_every: int = 0  # steps between checkpoints; 0: only at the end
@@ -83,7 +84,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"{_flag(name)} must be at least 1, got {value}")
-        for name in ("checkpoint_every", "keep_checkpoints", "workers", "warmup_steps", "node_rank", "max_restarts"):
+        for name in ("checkpoint_every", "keep_checkpoints", "workers", "warmup_steps", "node_rank", "max_restarts", "max_requeues"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise UserError(f"{_flag(name)} must be 0 or more, got {value}")

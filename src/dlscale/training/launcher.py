@@ -77,6 +77,6 @@ def _launch_workers(config: TrainConfig, run_dir: Path, progress: TrainProgress)
     # the workers share this launcher's claim on the run, and die with it
     shared = {CLAIM_ENV: str(run_dir.resolve()), LAUNCHER_PID_ENV: str(os.getpid())}
     # --timeout travels as a flag: the workers' process groups must wait what the user said
-    worker_args = ["train", "--resume", str(run_dir), "--timeout", repr(config.timeout)]
+    worker_args = ["train", "--resume", str(run_dir), "--timeout", repr(config.timeout), "--max-requeues", str(config.max_requeues)]
     launch(worker_args, plan, log_dir=run_dir / "logs", env=shared)  # torchrun gives each node's agent its own folder
     return TrainResult(summary=results.read_summary(run_dir), run_dir=run_dir, model=None)

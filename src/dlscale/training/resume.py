@@ -14,6 +14,7 @@ from dlscale.runs import directory as runs
 from dlscale.runs.claim import claim, claim_fresh, claim_new
 from dlscale.training import config as config_mod
 from dlscale.training.config import TrainConfig
+from dlscale.training.requeue import restart_count
 
 # Flags that say how to run, not what: a resumed run may take new values for these.
 RESUMABLE_WITH = (
@@ -41,6 +42,11 @@ def locate_run(config: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainCon
                 "dlscale: --resume auto: no unfinished run with a checkpoint under runs/; starting a new run",
                 file=sys.stderr, flush=True,
             )
+    elif config.resume is None and config.run_dir and (restart_count() or 0) > 0 and runs.holds_run(Path(config.run_dir)):
+        # a SLURM job that requeued itself runs its script again: it continues its run
+        candidate = Path(config.run_dir)
+        print(f"dlscale: SLURM requeued this job ({restart_count()} time(s)): continuing {candidate}",
+              file=sys.stderr, flush=True)
     elif config.resume is not None:
         candidate = Path(config.resume)
         if not candidate.is_dir() or not (candidate / "config.toml").is_file():

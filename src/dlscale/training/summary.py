@@ -12,6 +12,7 @@ from dlscale.distributed import process_group as dist
 from dlscale.hardware.device import describe, peak_memory_bytes
 from dlscale.hardware.mfu import global_counts, utilisation
 from dlscale.training.setup import Job
+from dlscale.training.requeue import restart_count
 from dlscale.training.state import TrainState
 from dlscale.training.step import effective_lr
 from dlscale.units import pfs_days
@@ -63,6 +64,7 @@ class RunSummary:
     channels_last: bool
     auto_settings: dict[str, Any] | None  # what the CPU probe measured when precision/channels_last were left open
     run_dir: str
+    slurm_restart_count: int | None  # times SLURM requeued the job that finished the run; null outside SLURM
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -131,6 +133,7 @@ def summarize(
         channels_last=job.stepper.channels_last,
         auto_settings=job.tuned,
         run_dir=str(job.run_dir),
+        slurm_restart_count=restart_count(),
     )
 
 

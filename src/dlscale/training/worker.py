@@ -5,6 +5,7 @@ happens."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -12,10 +13,12 @@ import torch
 from dlscale.data import Splits
 from dlscale.distributed import process_group as dist
 from dlscale.distributed.env import ClusterEnv
+from dlscale.errors import Stopped
 from dlscale.hardware.device import resolve_device
 from dlscale.progress import TrainProgress
 from dlscale.runs.claim import abandon_claimed, release_all
 from dlscale.training.config import TrainConfig
+from dlscale.training.requeue import decide as requeue_wanted, requeue_after_stop
 from dlscale.training.signals import die_with_launcher
 from dlscale.training.trainer import Trainer, TrainResult
 
@@ -29,6 +32,13 @@ def run_worker(
     dist.init(env, device, config.timeout)
     try:
         return Trainer(config, overrides, env, device, model, data, progress).fit()
+    except Stopped as stopped:  # saved and stopped on a signal: SLURM's warning asks to requeue
+        if dist.is_main() and requeue_wanted(stopped.signum, config.max_requeues)[1]:
+            # said now: a requeue ends this job at once, before the CLI would print it
+            print(f"dlscale: {stopped}", file=sys.stderr, flush=True)
+            stopped.said = True
+            print(requeue_after_stop(stopped.signum, config.max_requeues), file=sys.stderr, flush=True)
+        raise
     except BaseException as exc:
         abandon_claimed()  # a fresh run that failed before its first checkpoint leaves nothing behind
         failure = dist.collective_failure(exc, config.timeout) if isinstance(exc, (RuntimeError, dist.DistError)) else None
