@@ -47,6 +47,7 @@ def test_integer_lr_is_accepted_as_float():
         ({"optimizer": "lamb"}, "--optimizer must be one of adamw, sgd"),
         ({"precision": "fp8"}, "--precision must be one of"),
         ({"target_accuracy": 1.5}, "--target-accuracy is a fraction"),
+        ({"max_requeues": -1}, "--max-requeues must be 0 or more"),
         ({"batch_size": 10, "grad_accum": 3}, "does not split into --grad-accum 3"),
     ],
 )
@@ -78,3 +79,11 @@ def test_seed_outside_what_every_generator_takes_is_refused_with_the_range(seed)
 @pytest.mark.parametrize("seed", [0, 2**32 - 1])
 def test_seed_range_ends_are_accepted(seed):
     assert TrainConfig(seed=seed).seed == seed
+
+
+def test_a_bad_new_cluster_flag_is_one_error_line_exit_2(capsys):
+    from dlscale.cli import main
+
+    assert main(["train", "--max-requeues", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --max-requeues must be 0 or more, got -1"]
