@@ -8,6 +8,11 @@ GPT-2 small: 124,439,808 parameters.
 
 The model keeps `n_layer`, `n_embd` and `block_size` as attributes so that the
 transformer FLOP estimate 6N + 12*L*d*T per token can be computed from it.
+
+`forward(idx)` is the training path. Generation uses `forward_cached(idx, cache)`
+instead, which keeps each layer's keys and values in a `KVCache` so that a new
+token costs one position's work rather than the whole context's; see
+models/generate.py.
 """
 
 import math
@@ -35,6 +40,29 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # flash/memory-efficient kernels
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
+    def forward_cached(
+        self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: int
+    ) -> torch.Tensor:
+        """Attention for positions start..start+T, which see the cached positions before them.
+
+        Writes this chunk's keys and values into k_cache and v_cache (B, n_head, block_size, head_dim).
+        """
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        end = start + T
+        k_cache[:B, :, start:end] = k
+        v_cache[:B, :, start:end] = v
+        k, v = k_cache[:B, :, :end], v_cache[:B, :, :end]
+        if start == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1:
+            y = F.scaled_dot_product_attention(q, k, v)  # one new token sees every position
+        else:  # query at position start+i sees keys at positions <= start+i
+            mask = torch.arange(end, device=x.device) <= torch.arange(start, end, device=x.device)[:, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
 
 class MLP(nn.Module):
     def __init__(self, n_embd: int):
@@ -58,6 +86,33 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(
+        self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: int
+    ) -> torch.Tensor:
+        x = x + self.attn.forward_cached(self.ln_1(x), k_cache, v_cache, start)
+        return x + self.mlp(self.ln_2(x))
+
+
+class KVCache:
+    """Each layer's keys and values for the positions seen so far, preallocated to the context.
+
+    `length` is how many positions are filled; `GPT.forward_cached` appends after them.
+    Once `length` reaches `block_size` the cache is full: learned position
+    embeddings end there, so longer generation recomputes a sliding window instead.
+    """
+
+    def __init__(self, model: "GPT", batch_size: int):
+        weight = model.wte.weight
+        shape = (batch_size, model.n_head, model.block_size, model.n_embd // model.n_head)
+        self.k = [torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in range(model.n_layer)]
+        self.v = [torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in range(model.n_layer)]
+        self.block_size = model.block_size
+        self.length = 0
+
+    @property
+    def full(self) -> bool:
+        return self.length >= self.block_size
 
 
 class GPT(nn.Module):
@@ -103,6 +158,27 @@ class GPT(nn.Module):
         x = self.wte(idx) + self.wpe(pos)
         for block in self.h:
             x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+    def forward_cached(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits (B, T, vocab) for tokens at positions cache.length..+T, given those before.
+
+        Equal to the matching rows of forward() on the whole sequence; advances cache.length by T.
+        """
+        B, T = idx.shape
+        start = cache.length
+        if start + T > self.block_size:
+            raise UserError(
+                f"the KV cache holds {start} of {self.block_size} positions and cannot take {T} more; "
+                f"start a new cache on the last {self.block_size} tokens"
+            )
+        if B > cache.k[0].shape[0]:
+            raise UserError(f"the batch has {B} rows but the KV cache was made for {cache.k[0].shape[0]}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)
+        for block, k_cache, v_cache in zip(self.h, cache.k, cache.v):
+            x = block.forward_cached(x, k_cache, v_cache, start)
+        cache.length = start + T
         return self.lm_head(self.ln_f(x))
 
 
