@@ -4,11 +4,13 @@ what the hardware buys (throughput, FLOPs, MFU, compute, scaling).
     import dlscale
     result = dlscale.fit("cnn", "digits", epochs=3)
     result.summary["test_accuracy"]
+    model = dlscale.load(result.run_dir)    # the trained model, its preprocessing included
+    model.predict(x)
 """
 
 from dlscale.version import __version__
 
-__all__ = ["__version__", "fit", "FitResult", "UserError"]
+__all__ = ["__version__", "fit", "FitResult", "load", "Model", "UserError"]
 
 from dlscale.errors import UserError
 
@@ -19,4 +21,8 @@ def __getattr__(name):
         from dlscale import api
 
         return getattr(api, name)
+    if name in ("load", "Model"):
+        from dlscale.inference import model
+
+        return getattr(model, name)
     raise AttributeError(f"module 'dlscale' has no attribute {name!r}")

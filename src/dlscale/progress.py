@@ -45,6 +45,24 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
+METRIC_LABELS = {"accuracy": "acc", "mae": "MAE", "mse": "MSE", "r2": "R²"}
+
+
+def _metric(name: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return _percent(value) if name == "accuracy" else f"{value:.4f}"
+
+
+def _test_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Test accuracy for classifiers; MAE and R² for regression (float targets)."""
+    found = [name for name in ("accuracy", "mae", "r2") if summary.get(f"test_{name}") is not None]
+    if not found:
+        return [("test accuracy", "n/a")]
+    return [(f"test {METRIC_LABELS[name]}" if name != "accuracy" else "test accuracy", _metric(name, summary[f"test_{name}"]))
+            for name in found]
+
+
 class TrainProgress:
     """The training display; ``enabled=False`` makes every call a no-op (quiet runs, ranks > 0)."""
 
@@ -99,7 +117,9 @@ class TrainProgress:
             parts.append(f"train loss {record['train_loss']:.4f}")
         if record.get("val_loss") is not None:
             parts.append(f"val loss {record['val_loss']:.4f}")
-            parts.append(f"val acc {_percent(record['val_accuracy'])}")
+            for name in ("accuracy", "mae", "mse", "r2"):
+                if f"val_{name}" in record:
+                    parts.append(f"val {METRIC_LABELS[name]} {_metric(name, record[f'val_{name}'])}")
         self.print("  ".join(parts))
 
     def summary_table(self, summary: dict[str, Any], run_dir: str) -> None:
@@ -112,7 +132,7 @@ class TrainProgress:
             ("model / data", f"{summary['model']} / {summary['data']}"),
             ("device / precision", f"{summary['device']} / {summary['precision']}"),
             ("steps / epochs", f"{summary['steps']} / {summary['epochs']}"),
-            ("test accuracy", _percent(summary["test_accuracy"])),
+            *_test_rows(summary),
             ("test loss", "n/a" if summary["test_loss"] is None else f"{summary['test_loss']:.4f}"),
             ("final train loss", "n/a" if summary["final_loss"] is None else f"{summary['final_loss']:.4f}"),
             ("samples/s", "n/a" if summary["samples_per_second"] is None else f"{summary['samples_per_second']:,.0f}"),
@@ -128,6 +148,9 @@ class TrainProgress:
         ]
         if summary.get("time_to_target_seconds") is not None:
             rows.insert(4, ("time to target accuracy", f"{summary['time_to_target_seconds']:.2f} s"))
+        if summary.get("best_value") is not None:  # early stopping, --keep-best or plateau watched a metric
+            stopped = "stopped early; " if summary.get("stopped_early") else ""
+            rows.insert(3, ("best validation", f"{stopped}{summary['monitor']} {summary['best_value']:.4g} at step {summary['best_step']}"))
         for name, value in rows:
             table.add_row(name, value)
         self.console.print(table)

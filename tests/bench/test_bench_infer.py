@@ -184,18 +184,39 @@ def test_a_language_model_run_reports_next_token_accuracy(tmp_path):
     assert rows[0]["tokens_per_second"] == pytest.approx(64 * rows[0]["predictions_per_second"])
 
 
-def test_load_trained_run_returns_name_model_and_splits(trained):
-    name, model, splits = targets.load_trained_run(trained)
-    assert name == "mlp" and splits.name == "digits" and splits.test is not None
+def test_load_trained_run_returns_spec_model_and_splits(trained):
+    spec, model, splits = targets.load_trained_run(trained)
+    assert spec["model"] == "mlp" and splits.name == "digits" and splits.test is not None
     assert not model.training
 
 
-def test_a_run_without_checkpoint_is_a_user_error(trained, tmp_path):
+def test_a_run_without_weights_or_checkpoint_is_a_user_error(trained, tmp_path):
     copy = tmp_path / "nockpt"
     copy.mkdir()
-    (copy / "config.toml").write_text((trained / "config.toml").read_text())
-    with pytest.raises(UserError, match="no complete checkpoint"):
+    for name in ("config.toml", "model.json"):
+        (copy / name).write_text((trained / name).read_text())
+    with pytest.raises(UserError, match="neither model.safetensors nor a complete checkpoint"):
         targets.load_trained_run(copy)
+
+
+class OwnNet(torch.nn.Module):
+    """A user's module, trained on a named data set: bench infer --run rebuilds it by import path."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.classes = classes
+        self.linear = torch.nn.Linear(64, classes)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1))
+
+
+def test_a_run_of_a_users_own_module_is_timed_with_its_accuracy(tmp_path):
+    fit = dlscale.fit(OwnNet(), "digits", max_steps=20, run_dir=str(tmp_path / "own"), device="cpu", verbose=False)
+    target = targets.run_target(tmp_path / "own")
+    assert target.name.endswith(":OwnNet") and target.test is not None
+    rows = infer.benchmark(target, settings(batch_sizes=(8,)), CPU)
+    assert rows[0]["test_accuracy"] == pytest.approx(fit.summary["test_accuracy"], abs=1e-6)
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -123,9 +123,17 @@ def test_object_arrays_are_a_user_error(tmp_path):
         load_data(path, WANT)
 
 
-def test_float_labels_are_a_user_error(tmp_path):
-    path = save(tmp_path / "d.npz", x=images((10, 4, 4)), y=np.arange(10) * 1.0)
-    with pytest.raises(UserError, match="not integer class labels.*astype"):
+def test_float_y_are_regression_targets_used_as_given(tmp_path):
+    path = save(tmp_path / "d.npz", x=images((10, 4, 4)), y=np.arange(20).reshape(10, 2) * 0.5)
+    splits = load_data(path, WANT)
+    assert (splits.targets, splits.num_classes) == ("values", 2)
+    target = splits.train[0][1]
+    assert target.dtype == torch.float32 and target.shape == (2,) and float(target.sum() * 2) % 1 == 0
+
+
+def test_y_neither_integer_nor_float_is_a_user_error(tmp_path):
+    path = save(tmp_path / "d.npz", x=images((10, 4, 4)), y=np.ones(10, bool))
+    with pytest.raises(UserError, match="neither integer class labels nor float targets.*astype"):
         load_data(path, WANT)
 
 
@@ -137,6 +145,7 @@ def test_float_labels_are_a_user_error(tmp_path):
         (np.zeros((0, 3)), np.zeros(0, np.int64), "no samples"),
         (np.zeros((2, 3)), np.array([0, -1]), "negative"),
         (np.zeros((2, 3)), np.zeros((2, 1), np.int64), "one integer label per sample"),
+        (np.zeros((2, 3)), np.zeros((2, 1, 1)), "float regression targets of shape"),
     ],
 )
 def test_other_bad_arrays_are_user_errors(tmp_path, x, y, fragment):

@@ -43,6 +43,11 @@ def test_fsdp_trains_like_ddp(tmp_path):
     ddp = summary_of(run_cli([*MLP, "--nproc", "2", "--run-dir", "ddp", "--json"], cwd=tmp_path))
     fsdp = summary_of(run_cli([*MLP, "--nproc", "2", "--strategy", "fsdp", "--run-dir", "fsdp", "--json"], cwd=tmp_path))
     assert close(fsdp["final_loss"], ddp["final_loss"]) and fsdp["test_accuracy"] == ddp["test_accuracy"]
+    # the shards are gathered into one portable model.safetensors, which reproduces the run's test loss
+    import dlscale
+
+    loaded = dlscale.load(tmp_path / "fsdp", device="cpu", precision="fp32")
+    assert close(loaded.evaluate("digits")["loss"], fsdp["test_loss"])
 
 
 def test_torchrun_runs_the_worker_without_launching_again(tmp_path):

@@ -1,4 +1,4 @@
-"""``dlscale predict``: the alpha-beta ring formula by hand, monotonic behaviour, the presets'
+"""``dlscale forecast``: the alpha-beta ring formula by hand, monotonic behaviour, the presets'
 sources, the command's contract, and the VALIDATION TABLE against published scaling results
 (Goyal et al. 2017; Horovod), each prediction with its error; target |error| <= 0.10."""
 
@@ -8,6 +8,7 @@ import pytest
 
 from dlscale.errors import UserError
 from dlscale.cli import main
+from dlscale.cli.forecast import forecast_option_strings
 from dlscale.forecast.model import allreduce_parts, predict, ring_allreduce_time
 from dlscale.forecast.networks import NETWORKS, Network
 
@@ -94,7 +95,7 @@ def test_presets_cover_the_issue_and_all_have_sources():
 
 
 def test_command_json_is_one_object_last(capsys):
-    assert main(["predict", "--model", "resnet50", "--gpus", "1,8,64", "--network", "ib-edr",
+    assert main(["forecast", "--model", "resnet50", "--gpus", "1,8,64", "--network", "ib-edr",
                  "--single-throughput", "1200", "--json"]) == 0
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
@@ -105,11 +106,11 @@ def test_command_json_is_one_object_last(capsys):
     assert obj["inputs"]["params"] == 25_557_032
     assert 20e9 < obj["inputs"]["flops_per_sample"] < 30e9  # ~24.6 GFLOPs per trained image
     assert obj["inputs"]["inter_network"]["name"] == "ib-edr" and obj["inputs"]["intra_network"]["name"] == "nvlink3"
-    assert "predicted weak scaling" in err and "speedup" in err and "1200 samples/s" in err
+    assert "forecast weak scaling" in err and "speedup" in err and "1200 samples/s" in err
 
 
 def test_command_device_mfu_and_overrides(capsys):
-    assert main(["predict", "--params", "1000000", "--flops-per-sample", "1e9", "--device", "NVIDIA A100-SXM4-80GB",
+    assert main(["forecast", "--params", "1000000", "--flops-per-sample", "1e9", "--device", "NVIDIA A100-SXM4-80GB",
                  "--mfu", "0.5", "--precision", "bf16", "--gpus", "1,16", "--bandwidth", "5", "--latency", "20",
                  "--json"]) == 0
     obj = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -128,13 +129,13 @@ def test_command_device_mfu_and_overrides(capsys):
     (["--single-throughput", "10"], "--model"),
 ])
 def test_user_mistakes_are_one_error_line(capsys, argv, message):
-    assert main(["predict", *argv]) == 2
+    assert main(["forecast", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
 
 def test_the_design_contract_command_measures_the_speed_when_none_is_given(capsys):
-    assert main(["predict", "--model", "mlp", "--gpus", "1,8", "--network", "ib-edr", "--json"]) == 0
+    assert main(["forecast", "--model", "mlp", "--gpus", "1,8", "--network", "ib-edr", "--json"]) == 0
     obj = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert obj["inputs"]["single_throughput_source"].startswith("measured now on cpu")
     assert obj["inputs"]["single_throughput"] > 0 and [r["gpus"] for r in obj["results"]] == [1, 8]
@@ -142,13 +143,27 @@ def test_the_design_contract_command_measures_the_speed_when_none_is_given(capsy
 
 def test_help_states_the_assumptions(capsys):
     with pytest.raises(SystemExit):
-        main(["predict", "--help"])
+        main(["forecast", "--help"])
     out = capsys.readouterr().out
     assert "assumptions:" in out and "weak scaling" in out and "2(N-1)/N" in out and "hierarchical" in out
 
 
+def test_forecast_help_exits_0_and_lists_its_flags(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["forecast", "--help"])
+    assert exited.value.code == 0
+    assert "--gpus" in capsys.readouterr().out
+
+
+def test_forecast_option_strings_are_read_from_the_parser():
+    """What a command given forecast's flags by mistake checks against (``dlscale predict``)."""
+    flags = forecast_option_strings()
+    assert {"--gpus", "--network", "--single-throughput", "--calibrate-scaling"} <= flags
+    assert "--help" not in flags
+
+
 def test_list_networks(capsys):
-    assert main(["predict", "--list-networks"]) == 0
+    assert main(["forecast", "--list-networks"]) == 0
     err = capsys.readouterr().err
     assert "ib-ndr" in err and "nvlink4" in err
 

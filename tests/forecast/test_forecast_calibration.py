@@ -1,4 +1,4 @@
-"""The predictor calibrated from this machine's own benchmark results."""
+"""The forecast calibrated from this machine's own benchmark results."""
 
 import json
 
@@ -57,7 +57,7 @@ def test_calibrated_prediction_reproduces_the_measured_efficiency(tmp_path, caps
         {"workers": 2, "per_worker_batch": 32, "samples_per_second": 8000.0, "efficiency": 0.4},
     ])
     comm = write(tmp_path / "bench-comm.json", "comm", comm_rows())
-    assert main(["predict", "--model", "cnn", "--batch-size", "32", "--gpus", "1,2,8", "--gpus-per-node", "2",
+    assert main(["forecast", "--model", "cnn", "--batch-size", "32", "--gpus", "1,2,8", "--gpus-per-node", "2",
                  "--network", "eth-25g", "--calibrate-comm", str(comm), "--calibrate-scaling", str(scaling), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     two = next(r for r in result["results"] if r["gpus"] == 2)

@@ -1,4 +1,4 @@
-"""The forecast as a library call: ``run_forecast`` gives what `dlscale predict --json` prints,
+"""The forecast as a library call: ``run_forecast`` gives what `dlscale forecast --json` prints,
 and one meta-device count sizes a model for the forecast and the lab alike."""
 
 import json
@@ -20,7 +20,7 @@ def request(**given):
 def test_run_forecast_is_what_the_command_prints(capsys):
     said = []
     forecast = run_forecast(request(model="resnet50", single_throughput=1200.0), say=said.append)
-    assert main(["predict", "--model", "resnet50", "--gpus", "1,8,64", "--network", "ib-edr",
+    assert main(["forecast", "--model", "resnet50", "--gpus", "1,8,64", "--network", "ib-edr",
                  "--single-throughput", "1200", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["results"] == forecast.rows and printed["inputs"] == forecast.inputs

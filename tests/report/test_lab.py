@@ -14,7 +14,7 @@ def test_quick_lab_measures_predicts_and_reports(tmp_path):
         assert any(n.startswith("No GPU was found: the CPU row stands alone") for n in notes)
     assert (lab / "train" / "summary.json").exists() and (lab / "bench-infer-cpu" / "bench-infer.json").exists()
     measured = json.loads((lab / "bench-scaling" / "bench-scaling.json").read_text())["results"]
-    predicted = json.loads((lab / "predicted-scaling.json").read_text())["results"]
+    predicted = json.loads((lab / "forecast-scaling.json").read_text())["results"]
     assert [r["workers"] for r in measured][:2] == [1, 2]
     assert all(r["predicted"] for r in predicted) and max(r["workers"] for r in predicted) > max(r["workers"] for r in measured)
     html = (lab / "report.html").read_text()

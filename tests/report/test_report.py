@@ -105,7 +105,7 @@ def inputs(tmp_path_factory):
     scaling = root / "bench-scaling.json"
     scaling.write_text(json.dumps({"kind": "scaling", "mode": "weak", "model": "mlp", "provenance": prov,
                                    "results": SCALING_ROWS}))
-    predict = root / "predict.json"  # as saved from `dlscale predict --json > predict.json`
+    predict = root / "predict.json"  # as `dlscale forecast` was saved when it was `predict`: no kind, known by name
     predict.write_text("some human line\n" + json.dumps({"assumptions": ["weak scaling <fixed batch>"],
                                                          "inputs": {"model": "resnet50"}, "provenance": prov,
                                                          "results": PREDICT_ROWS}) + "\n")

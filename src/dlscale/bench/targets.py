@@ -1,6 +1,7 @@
 """What ``bench infer`` times: a zoo model with fresh weights (speed does not depend on
 them), or the model of a trained run with its test split, rebuilt from the run's
-config.toml and newest checkpoint (read without running code: see ``runs.safe_load``)."""
+model.json and model.safetensors (zoo models and a user's own module alike; read without
+running code: see ``training.model_files``)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from dlscale.data import Splits, load_data
+from dlscale.data import DataSpec, Splits, load_data
 from dlscale.errors import UserError
 from dlscale.models import build_model, model_info
-from dlscale.runs import checkpoint
 from dlscale.training import config as config_mod
-from dlscale.training.settings import data_spec
 
 
 @dataclass
@@ -42,10 +41,13 @@ def zoo_target(name: str, input_shape: tuple[int, ...] | None = None, seed: int 
     return Target(name, model, info.kind, shape, info.default_num_classes, info.conv)
 
 
-def load_trained_run(run_dir: str | Path) -> tuple[str, nn.Module, Splits]:
-    """The model name, the trained model (fp32, CPU, eval) and the data splits of a run
-    written by ``dlscale train``: its config.toml says model and data, its newest
-    complete checkpoint holds the weights (read with weights_only)."""
+def load_trained_run(run_dir: str | Path) -> tuple[dict, nn.Module, Splits | None]:
+    """The model spec (model.json), the trained model (fp32, CPU, eval) and the data splits
+    (None when the run's data was arrays given to ``fit``) of a run written
+    by ``dlscale train``: its model.json and model.safetensors (or newest checkpoint), read
+    without running code; a user's own module is rebuilt from its recorded import path."""
+    from dlscale.training.model_files import read_run_model
+
     run_dir = Path(run_dir)
     config_file = run_dir / "config.toml"
     if not config_file.is_file():
@@ -54,34 +56,22 @@ def load_trained_run(run_dir: str | Path) -> tuple[str, nn.Module, Splits]:
             "such as runs/<timestamp>-<model>-<data>"
         )
     config = config_mod.build(config_mod.read_toml(config_file))
-    try:
-        info = model_info(config.model)
-    except UserError:
-        raise UserError(
-            f"run {run_dir} trained model {config.model!r}, which is not in the zoo; "
-            "bench infer can rebuild zoo models only (use --model NAME to time one)"
-        ) from None
-    found = checkpoint.newest_checkpoint(run_dir)
-    if found is None:
-        raise UserError(
-            f"run {run_dir} has no complete checkpoint (checkpoints/step-N/) to take weights from; "
-            "let the run finish or continue it with dlscale train --resume"
-        )
-    splits = load_data(config.data, data_spec(info), seed=config.seed, synthetic_samples=config.synthetic_samples)
-    model = build_model(config.model, splits.input_shape, splits.num_classes)
-    try:
-        checkpoint.load_model(found, model)
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise UserError(
-            f"checkpoint {found} does not fit model {config.model} on {config.data} "
-            f"({str(exc).splitlines()[0][:160]}); was the run's data changed since it trained?"
-        ) from None
-    return config.model, model.eval(), splits
+    spec, model = read_run_model(run_dir)
+    want = DataSpec(spec["input_kind"], tuple(spec["input_shape"]), spec["num_outputs"])
+    splits = None
+    if config.data != "custom":  # arrays given to fit() are not on disk to test with
+        splits = load_data(config.data, want, seed=config.seed, synthetic_samples=config.synthetic_samples)
+        if tuple(splits.input_shape) != tuple(spec["input_shape"]):
+            raise UserError(f"run {run_dir}: its data {config.data} now has samples of shape {tuple(splits.input_shape)}, "
+                            f"the model takes {tuple(spec['input_shape'])}; was the data changed since it trained?")
+    return spec, model, splits
 
 
 def run_target(run_dir: str | Path) -> Target:
-    name, model, splits = load_trained_run(run_dir)
+    spec, model, splits = load_trained_run(run_dir)
+    name = spec["model"] or spec["module"]["import_path"]
+    conv = model_info(spec["model"]).conv if spec["model"] else any(isinstance(m, nn.Conv2d) for m in model.modules())
     return Target(
-        name, model, splits.kind, tuple(splits.input_shape), splits.num_classes, model_info(name).conv,
-        test=splits.test, source_run=str(run_dir),
+        name, model, spec["input_kind"], tuple(spec["input_shape"]), spec["num_outputs"], conv,
+        test=splits.test if splits else None, source_run=str(run_dir),
     )

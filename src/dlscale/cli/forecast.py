@@ -1,6 +1,7 @@
-"""``dlscale predict``: predicted data-parallel step time, throughput, speedup and efficiency
+"""``dlscale forecast``: forecast data-parallel step time, throughput, speedup and efficiency
 on N GPUs, from the model's size, the single-GPU speed and the network. The flags become a
 ``ForecastRequest`` for ``dlscale.forecast.run.run_forecast``; this module parses and prints.
+(It was ``dlscale predict`` until that name went to inference with a trained run.)
 
 Human output is a rich table on stderr; ``--json`` prints one object (provenance, the
 assumptions, and ``results``: one row per GPU count) as the last line of stdout.
@@ -20,24 +21,24 @@ def add_parser(subparsers: Any) -> None:
     intra = ", ".join(n for n, v in NETWORKS.items() if v.scope == "intra")
     inter = ", ".join(n for n, v in NETWORKS.items() if v.scope == "inter")
     p = subparsers.add_parser(
-        "predict",
-        help="predicted step time, throughput, speedup and efficiency on N GPUs (alpha-beta all-reduce model)",
+        "forecast",
+        help="forecast step time, throughput, speedup and efficiency on N GPUs (alpha-beta all-reduce model)",
         description=(
-            "Predict how a data-parallel (DDP) training job scales to N GPUs on a cluster this machine cannot "
+            "Forecast how a data-parallel (DDP) training job scales to N GPUs on a cluster this machine cannot "
             "reach: step time, samples/s, speedup and efficiency per GPU count, from the model's parameter "
             "count, the single-GPU speed and the network. Validated against Goyal et al. 2017 (ResNet-50, 256 "
             "P100) and Horovod (Inception V3, ResNet-101, VGG-16 at 128-512 GPUs) within 0.10 of the published "
-            "efficiency (tests/forecast/test_predict.py)."
+            "efficiency (tests/forecast/test_forecast.py)."
         ),
         epilog=(
             "assumptions:\n" + "\n".join(f"  - {a}" for a in ASSUMPTIONS) + "\n\n"
             f"intra-node presets (per-GPU bus bandwidth): {intra}\n"
             f"inter-node presets (per NIC): {inter}\n\n"
             "examples:\n"
-            "  dlscale predict --model resnet50 --gpus 1,8,64 --network ib-hdr --single-throughput 1200\n"
-            "  dlscale predict --model gpt-small --gpus 8,64,512 --network ib-ndr --intra-network nvlink4 \\\n"
+            "  dlscale forecast --model resnet50 --gpus 1,8,64 --network ib-hdr --single-throughput 1200\n"
+            "  dlscale forecast --model gpt-small --gpus 8,64,512 --network ib-ndr --intra-network nvlink4 \\\n"
             "      --device 'NVIDIA H100 80GB HBM3' --mfu 0.4 --precision bf16 --batch-size 16 --json\n"
-            "  dlscale predict --list-networks"
+            "  dlscale forecast --list-networks"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -65,6 +66,15 @@ def add_parser(subparsers: Any) -> None:
     add("--list-networks", action="store_true", help="print the network presets with their sources and exit")
     add("--json", action="store_true", help="print one JSON object as the last stdout line")
     p.set_defaults(handler=run)
+
+
+def forecast_option_strings() -> set[str]:
+    """Every flag of ``dlscale forecast`` (but argparse's own -h/--help), read from its parser,
+    so a command that is given forecast's flags by mistake can say to use forecast."""
+    subparsers = argparse.ArgumentParser(add_help=False).add_subparsers()
+    add_parser(subparsers)
+    forecast = subparsers.choices["forecast"]
+    return {s for a in forecast._actions if not isinstance(a, argparse._HelpAction) for s in a.option_strings}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,7 +124,7 @@ def _print_networks(console: Any) -> None:
 def _print_rows(console: Any, rows: list[dict[str, Any]], inputs: dict[str, Any]) -> None:
     from rich.table import Table
 
-    title = (f"predicted weak scaling: {inputs['model'] or 'model'} ({inputs['params'] / 1e6:.1f}M params, "
+    title = (f"forecast weak scaling: {inputs['model'] or 'model'} ({inputs['params'] / 1e6:.1f}M params, "
              f"{inputs['precision']} gradients), {inputs['batch_size']}/GPU, "
              f"{inputs['gpus_per_node']} GPUs/node, {inputs['intra_network']['name']} within / "
              f"{inputs['inter_network']['name']} between nodes")
@@ -128,6 +138,6 @@ def _print_rows(console: Any, rows: list[dict[str, Any]], inputs: dict[str, Any]
         )
     console.print(table)
     console.print(f"single GPU: {inputs['single_throughput_source']}")
-    console.print("a model, not a measurement: see 'dlscale predict --help' for its assumptions")
+    console.print("a model, not a measurement: see 'dlscale forecast --help' for its assumptions")
     if any(not math.isfinite(r["efficiency"]) for r in rows):  # defensive: never print nan silently
-        console.print("[yellow]some predictions are not finite; check the inputs[/yellow]")
+        console.print("[yellow]some forecasts are not finite; check the inputs[/yellow]")

@@ -1,7 +1,7 @@
 """``dlscale report RUN_DIR_OR_JSON... -o report.html``: one self-contained HTML report.
 
 Inputs are run directories, bench run directories (bench-*.json) or JSON files (a bench
-result, ``predict --json`` or ``compute --json`` output). The report embeds its plots as
+result, ``forecast --json`` or ``compute --json`` output). The report embeds its plots as
 data URIs and needs nothing else to open, offline. Prints the report's path.
 """
 
@@ -21,7 +21,7 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Write one HTML file with summary tables, provenance and plots of every given run "
             "directory, bench run directory (bench-*.json) or result JSON file (bench result, "
-            "'predict --json' or 'compute --json' output saved to a file). Images are embedded: the "
+            "'forecast --json' or 'compute --json' output saved to a file). Images are embedded: the "
             "file has no external assets, opens offline and prints."
         ),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dlscale.training.config import PRECISIONS
+from dlscale.training.config import LOSSES, PRECISIONS
 
 
 def add_parser(subparsers: Any) -> None:
@@ -72,6 +72,17 @@ def add_parser(subparsers: Any) -> None:
     add("--log-every", type=int, help="steps between metrics lines (default: about 50 per run)")
     add("--synthetic-samples", type=int, help="training-set size for --data synthetic (default 2048)")
     add("--workers", type=int, help="DataLoader worker processes for lazily read data (default 0)")
+    add("--loss", choices=LOSSES, help="auto (default: cross_entropy for class labels, mse for float targets), or mae, huber for float targets")
+    add("--metrics", metavar="NAMES", help="comma-separated evaluation metrics: accuracy for classes; mae, mse, r2 for float targets (default accuracy, or mae,r2)")
+    add("--init-from", metavar="RUN|CHECKPOINT", help="start from the trained weights of a run (its model.safetensors) or a checkpoint folder: fine-tuning, or more epochs; the source run is not changed")
+    add("--early-stop-patience", type=int, metavar="N", help="stop after N validations without improvement of --monitor (default: off)")
+    add("--monitor", metavar="METRIC", help="validation metric that early stopping, --keep-best and --reduce-lr-patience watch (default val_loss; val_accuracy, val_mae, ...)")
+    add("--monitor-mode", choices=("auto", "min", "max"), help="whether the metric improves downwards or upwards (default auto: max for accuracy and r2)")
+    add("--min-delta", type=float, metavar="X", help="a smaller change of the metric is no improvement (default 0)")
+    add("--keep-best", action=argparse.BooleanOptionalAction, default=None, help="keep checkpoints/best at each improvement and test (and export) those weights")
+    add("--reduce-lr-patience", type=int, metavar="N", help="multiply the learning rate by --reduce-lr-factor after N validations without improvement (default: off)")
+    add("--reduce-lr-factor", type=float, metavar="F", help="the factor for --reduce-lr-patience (default 0.1)")
+    add("--logger", choices=("none", "tensorboard"), help="also write scalars for TensorBoard under RUN/tb/ (default none; metrics.jsonl always)")
     add("--json", action="store_true", help="print summary.json's object as the last line of stdout")
     p.set_defaults(handler=run)
 

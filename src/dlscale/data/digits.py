@@ -14,9 +14,9 @@ from dlscale.data.splits import Splits, image_splits, split_arrays
 def load_digits() -> Splits:
     """Digits as (1, 8, 8) images in a fixed 70/15/15 split, the same in every run."""
     images, target = read_digits()
-    x = (images / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)  # pixel values are 0..16
+    x = (images / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)  # pixel values are 0..16 (recorded as raw_scale)
     train, val, test = split_arrays(x, target.astype(np.int64), val_pct=15, test_pct=15)
-    return image_splits("digits", train, val, test, num_classes=10)
+    return image_splits("digits", train, val, test, num_classes=10, raw_scale=1 / 16)
 
 
 def read_digits() -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from dlscale.data import preprocess
 from dlscale.data.guards import names_a_file, require_regular_file
 from dlscale.data.splits import Splits, split_indices
 from dlscale.errors import UserError
@@ -81,6 +82,8 @@ def load_image_folder(path: Path, name: str) -> Splits:
         train=datasets["train"],
         val=datasets["val"],
         test=datasets["test"],
+        preprocess=preprocess.image_files(mode, size),
+        class_names=tuple(class_names),
     )
 
 
@@ -142,11 +145,20 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int):
         with _open_image(self.files[index]) as image:  # checked at build time, but a file can still change
-            image = image.convert(self.mode)
-            if image.size != self.size:
-                image = image.resize(self.size, Image.Resampling.BILINEAR)
-            pixels = np.asarray(image, dtype=np.float32)
-        # Lazy data has no cheap train statistics: scale [0, 255] to [0, 1], then standardise with mean 0.5 / std 0.5.
-        pixels = pixels / 127.5 - 1.0
-        x = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-        return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(self.labels[index], dtype=torch.int64)
+            # Lazy data has no cheap train statistics: [0, 255] is standardised with mean and std 127.5.
+            x = preprocess.decode_image(image, self.mode, self.size)
+        return torch.from_numpy(x), torch.tensor(self.labels[index], dtype=torch.int64)
+
+
+def read_image(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """One image file decoded as training decoded it (``preprocess.decode_image``); a broken
+    file is one UserError naming it."""
+    with _open_image(path) as image:
+        return preprocess.decode_image(image, mode, size)
+
+
+def image_files_in(path: Path) -> list[Path]:
+    """The image files of a folder (sorted, hidden files skipped), or the file itself."""
+    if path.is_dir():
+        return sorted(f for f in path.iterdir() if _is_image_file(f))
+    return [path]

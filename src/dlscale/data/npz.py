@@ -1,4 +1,5 @@
-"""An .npz archive with arrays x (samples) and y (integer labels), as np.savez writes it.
+"""An .npz archive with arrays x (samples) and y, as np.savez writes it: integer y are class
+labels; float y are regression targets, (N,) or (N, k), used as given.
 
 x may be images (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3, 4},
 or tabular (N, F). uint8 values are pixels and are scaled to [0, 1].
@@ -30,15 +31,30 @@ def load_npz(path: Path, name: str) -> Splits:
     x, y = _read_arrays(path)
     if x.dtype.kind not in "biuf":
         raise UserError(f"x in {path} has dtype {x.dtype}, not numbers; {HOW_TO_SAVE}")
-    if y.dtype.kind not in "iu":
-        raise UserError(f"y in {path} has dtype {y.dtype}, not integer class labels; save y.astype(np.int64)")
-    if y.ndim != 1:
-        raise UserError(f"y in {path} has shape {y.shape}; give one integer label per sample, shape (N,)")
+    if y.dtype.kind not in "iuf":
+        raise UserError(
+            f"y in {path} has dtype {y.dtype}, neither integer class labels nor float targets; "
+            "save y.astype(np.int64) for classes or y.astype(np.float32) for regression"
+        )
+    targets = "values" if y.dtype.kind == "f" else "classes"
+    if y.ndim != 1 and not (targets == "values" and y.ndim == 2 and y.shape[1] > 0):
+        raise UserError(
+            f"y in {path} has shape {y.shape}; give one integer label per sample, shape (N,), "
+            "or float regression targets of shape (N,) or (N, k)"
+        )
     if len(x) != len(y):
         raise UserError(f"x in {path} has {len(x)} samples but y has {len(y)} labels; give one label per sample")
     if len(y) == 0:
         raise UserError(f"{path} holds no samples; {HOW_TO_SAVE}")
-    check_labels(y, f"y in {path}")
+    if targets == "classes":
+        check_labels(y, f"y in {path}")
+    else:
+        bad = first_non_finite(y)
+        if bad is not None:
+            raise UserError(
+                f"y in {path} holds a non-finite target (NaN or inf) at sample {bad}; "
+                "fix or drop those samples, e.g. keep = np.isfinite(y).reshape(len(y), -1).all(1); x, y = x[keep], y[keep]"
+            )
     bad = first_non_finite(x)
     if bad is not None:
         raise UserError(
@@ -48,6 +64,8 @@ def load_npz(path: Path, name: str) -> Splits:
 
     x = _channels_first(x, path)
     train, val, test = split_arrays(x, y, val_pct=10, test_pct=10)
+    if targets == "values":
+        return image_splits(name, train, val, test, num_classes=1 if y.ndim == 1 else y.shape[1], targets="values")
     return image_splits(name, train, val, test, num_classes=int(y.max()) + 1)
 
 

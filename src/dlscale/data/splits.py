@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from dlscale.data import preprocess
+
 # Real data is always split the same way, whatever --seed says, so that test
 # accuracy from two runs is measured on the same samples.
 SPLIT_SEED = 1797
@@ -37,6 +39,10 @@ class Splits:
     train: Dataset
     val: Dataset | None
     test: Dataset | None
+    # What inference needs to take raw inputs as the reader took them (written to RUN/model.json):
+    preprocess: dict | None = None  # see dlscale.data.preprocess; None: inputs are used as given
+    class_names: tuple[str, ...] | None = None  # image folders: the class of each label
+    targets: str = "classes"  # "classes" (integer labels, cross-entropy) or "values" (float regression targets, MSE)
 
 
 def split_indices(n: int, val_pct: int, test_pct: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -53,12 +59,19 @@ def split_arrays(x: np.ndarray, y: np.ndarray, val_pct: int, test_pct: int):
     return tuple((x[idx], y[idx]) if len(idx) else None for idx in split_indices(len(y), val_pct, test_pct))
 
 
-def image_splits(name: str, train, val, test, num_classes: int) -> Splits:
+def image_splits(
+    name: str, train, val, test, num_classes: int, raw_scale: float = 1.0, targets: str = "classes"
+) -> Splits:
     """Turn (x, y) array pairs into a Splits of TensorDatasets, standardised with train statistics.
 
     x is (N, C, H, W) or tabular (N, F); uint8 pixels are scaled to [0, 1] first,
-    any other dtype is taken as already scaled. Val and test may be None.
+    any other dtype is taken as already scaled. Val and test may be None. ``raw_scale``
+    is what the reader already multiplied the raw values by (recorded, not applied). y holds
+    class labels (int64), or with ``targets="values"`` regression targets (float32, used as
+    given; ``num_classes`` is then the number of values per sample).
     """
+    y_dtype = np.int64 if targets == "classes" else np.float32
+    uint8_pixels = train[0].dtype == np.uint8
     train_x = _unit_float(train[0])
     mean, std = _channel_stats(train_x)
 
@@ -68,7 +81,7 @@ def image_splits(name: str, train, val, test, num_classes: int) -> Splits:
         x = _unit_float(pair[0]) if x is None else x
         x -= mean
         x /= std
-        return TensorDataset(torch.from_numpy(x), torch.from_numpy(pair[1].astype(np.int64)))
+        return TensorDataset(torch.from_numpy(x), torch.from_numpy(pair[1].astype(y_dtype)))
 
     return Splits(
         name=name,
@@ -78,6 +91,8 @@ def image_splits(name: str, train, val, test, num_classes: int) -> Splits:
         train=to_dataset(train, train_x),
         val=to_dataset(val),
         test=to_dataset(test),
+        preprocess=preprocess.standardise(mean, std, uint8_pixels=uint8_pixels, raw_scale=raw_scale),
+        targets=targets,
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from dlscale.data import preprocess
 from dlscale.data.guards import require_memory, require_regular_file
 from dlscale.data.splits import Splits
 from dlscale.errors import UserError
@@ -66,6 +67,7 @@ def load_text(path: Path, name: str, seq_len: int) -> Splits:
         train=_windows(data[:train_end], window),
         val=_windows(data[train_end:val_end], window),
         test=_windows(data[val_end:], window),
+        preprocess=preprocess.byte_tokens(),
     )
 
 

@@ -1,6 +1,6 @@
 """Predicted data-parallel scaling: step time, throughput, speedup and efficiency on N GPUs.
 
-The model (every assumption is listed in ``predict``'s docstring, and ``dlscale predict
+The model (every assumption is listed in ``predict``'s docstring, and ``dlscale forecast
 --help`` repeats them): a weak-scaling data-parallel job (fixed per-GPU batch, as Goyal et
 al. 2017 and Horovod report) whose gradients are all-reduced once per step by a ring, or
 a hierarchical ring across nodes, costed by the alpha-beta model
@@ -27,7 +27,7 @@ BUCKET_BYTES = 25 * 2**20  # torch DDP's default bucket_cap_mb=25
 OVERHEAD_S = 0.002  # per multi-GPU step: DDP hooks, bucket copies, optimizer sync, launch gaps
 JITTER_CV = 0.02  # step-to-step spread of one GPU's compute time (coefficient of variation)
 
-# ``predict``'s assumptions in one line each, as `dlscale predict --help` and its JSON list them.
+# ``predict``'s assumptions in one line each, as `dlscale forecast --help` and its JSON list them.
 ASSUMPTIONS = (
     "weak scaling: a fixed per-GPU batch (--batch-size), so the global batch grows with N; "
     "speedup = N x t(1) / t(N), efficiency = speedup / N",

@@ -1,6 +1,6 @@
 """One forecast from what the user gave: the model's size, the single-GPU speed, the links
 and the model's constants, each resolved (or calibrated from this machine's benchmark
-results), then ``predict`` at every GPU count. `dlscale predict` is this function behind flags.
+results), then ``predict`` at every GPU count. `dlscale forecast` is this function behind flags.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dlscale.forecast.networks import GB, Network, custom_network, network
 
 @dataclass(frozen=True)
 class ForecastRequest:
-    """The forecast's inputs in the units of `dlscale predict`'s flags; None means "not given"."""
+    """The forecast's inputs in the units of `dlscale forecast`'s flags; None means "not given"."""
 
     gpus: list[int]
     batch_size: int  # per GPU

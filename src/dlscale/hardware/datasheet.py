@@ -233,7 +233,7 @@ def visible_datasheet_peak(name: str, precision: str, visible_multiprocessors: i
 
 def datasheet_peaks(index: int) -> dict[str, Any]:
     """Every precision's dense datasheet peak for CUDA device ``index``, with sources."""
-    import torch  # here only: the table itself is data, read without torch (``dlscale predict --device``)
+    import torch  # here only: the table itself is data, read without torch (``dlscale forecast --device``)
 
     props = torch.cuda.get_device_properties(index)
     name, visible = props.name, props.multi_processor_count

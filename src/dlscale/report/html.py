@@ -1,7 +1,7 @@
 """One self-contained HTML report of runs and bench results.
 
 Each input is a run directory (summary.json, metrics.jsonl, config.toml, hardware.json),
-a bench run directory (bench-*.json) or a JSON file (a bench result, ``predict --json``
+a bench run directory (bench-*.json) or a JSON file (a bench result, ``forecast --json``
 output, ``compute --json`` output or a summary.json), read by ``report.load``. The report has a section per input
 with its summary table, its provenance and its plots, plus an overview that puts what
 belongs together on one figure (measured and predicted scaling; all runs on the compute
@@ -38,7 +38,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 KIND_TITLES = {
     "run": "training run", "train": "training benchmark", "infer": "inference benchmark",
-    "scaling": "scaling benchmark", "forecast": "scaling prediction", "comm": "communication benchmark",
+    "scaling": "scaling benchmark", "forecast": "scaling forecast", "comm": "communication benchmark",
     "compute": "compute of a run",
 }
 RUN_PROVENANCE_KEYS = ("hostname", "platform", "python", "dlscale", "torch", "cuda", "hip", "driver", "gpu_count")
@@ -147,8 +147,8 @@ def _bench_section(item: Item, plot: Plotter) -> str:
         out.append(plot("scaling", lambda stem: _plots().scaling(rows, [], stem, measured_label=f"measured ({mode} scaling)"),
                         "measured speedup and efficiency vs workers; dotted: ideal"))
     elif item.kind == "forecast":
-        out.append(plot("prediction", lambda stem: _plots().scaling([], rows, stem),
-                        "predicted speedup and efficiency vs GPUs (hollow markers, dashed); dotted: ideal"))
+        out.append(plot("forecast", lambda stem: _plots().scaling([], rows, stem),
+                        "forecast speedup and efficiency vs GPUs (hollow markers, dashed); dotted: ideal"))
         assumptions = d.get("assumptions")
         if isinstance(assumptions, list) and assumptions:
             out.append("<h3>assumptions</h3><ul>" + "".join(f"<li>{esc(a)}</li>" for a in assumptions) + "</ul>")

@@ -8,9 +8,9 @@ measured on this machine and written as one report.
 (d) the compute chart: the lab's own runs among the landmark models.
 
 Every step is the library call behind an ordinary dlscale command (``dlscale.fit``,
-``bench train``, ``bench scaling``, ``bench infer``, ``compute``), run in this process and
-writing its usual run directory under the lab folder; the report is built from those
-files only.
+``bench train``, ``bench scaling``, ``forecast``, ``bench infer``, ``compute``), run in this
+process and writing its usual run directory or result under the lab folder; the report is
+built from those files only.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ class LabPlan:
     infer_model: str
     infer_shape: tuple[int, ...] | None  # None: the model's own input shape
     infer_batches: tuple[int, ...]  # on GPUs; CPUs stop at 64 (a 256-image batch of resnet18 takes seconds there)
-    predict_model: str
-    predict_batch: int
+    forecast_model: str  # `dlscale forecast`'s model beyond the measured worker counts
+    forecast_batch: int
 
 
 QUICK = LabPlan(
@@ -51,14 +51,14 @@ QUICK = LabPlan(
     bench_model="cnn", bench_data="synthetic", bench_batch=64, bench_steps=10,
     scaling_model="cnn", scaling_data="synthetic", scaling_batch=32,
     infer_model="cnn", infer_shape=None, infer_batches=(1, 64),
-    predict_model="cnn", predict_batch=32,
+    forecast_model="cnn", forecast_batch=32,
 )
 FULL = LabPlan(
     train_epochs=10,
     bench_model="resnet18", bench_data="synthetic:3x32x32", bench_batch=128, bench_steps=10,
     scaling_model="resnet18", scaling_data="synthetic:3x32x32", scaling_batch=64,
     infer_model="resnet18", infer_shape=(3, 32, 32), infer_batches=(1, 32, 256),
-    predict_model="resnet18", predict_batch=64,
+    forecast_model="resnet18", forecast_batch=64,
 )
 
 
@@ -110,7 +110,7 @@ def run_lab(out: Path, quick: bool, say: Callable[[str], None], detail: Callable
     result, path = run_bench_scaling(request, detail)
     detail(f"result written to {path}")
     inputs.append(scaling_dir)
-    inputs.append(_predict_beyond(out, plan, result["results"], gpu))
+    inputs.append(_forecast_beyond(out, plan, result["results"], gpu))
     notes.append(
         "Predicted points (hollow, dashed) come from dlscale's communication model with this machine's "
         "measured one-worker speed, " + ("8 GPUs per node on NVLink 4 and InfiniBand NDR between nodes."
@@ -166,25 +166,25 @@ def _worker_counts(gpu: bool) -> list[int]:
     return counts if len(counts) > 1 else [1, 2]
 
 
-def _predict_beyond(out: Path, plan: LabPlan, measured: list[dict[str, Any]], gpu: bool) -> Path:
-    """Predicted speedup for worker counts this machine does not have (the model of `dlscale predict`)."""
+def _forecast_beyond(out: Path, plan: LabPlan, measured: list[dict[str, Any]], gpu: bool) -> Path:
+    """Predicted speedup for worker counts this machine does not have (the model of `dlscale forecast`)."""
     from dlscale.bench.common import result_object
     from dlscale.forecast.model import predict
     from dlscale.forecast.networks import network
     from dlscale.models.size import parameter_count
 
-    params = parameter_count(plan.predict_model)
+    params = parameter_count(plan.forecast_model)
     one = min(measured, key=lambda r: r["workers"])
     largest = max(r["workers"] for r in measured)
     counts = [largest * 2 ** k for k in range(1, 6)]
     per_node = 8 if gpu else 1
     rows = predict(
-        params=params, flops_per_sample=None, per_gpu_batch=plan.predict_batch,
+        params=params, flops_per_sample=None, per_gpu_batch=plan.forecast_batch,
         single_throughput=one["samples_per_second"], gpus_list=[1, *counts], gpus_per_node=per_node,
         intra=network("nvlink4" if gpu else "pcie4"), inter=network("ib-ndr" if gpu else "eth-25g"),
     )
     for row in rows:
         row["workers"] = row["gpus"]
         row["predicted"] = True
-    return results.write_result(out / "predicted-scaling.json", "forecast",
-                                result_object(rows, kind="forecast", model=plan.predict_model))
+    return results.write_result(out / "forecast-scaling.json", "forecast",
+                                result_object(rows, kind="forecast", model=plan.forecast_model))

@@ -39,7 +39,7 @@ def _identified(path: Path) -> tuple[str, dict[str, Any]]:
     if result.kind not in REPORTED_KINDS:
         raise UserError(
             f"{path} holds {results.KIND_NAMES[result.kind]}, which a report does not show on its own; give run "
-            "directories, bench-*.json, or predict/compute --json output"
+            "directories, bench-*.json, or forecast/compute --json output"
         )
     return result.kind, result.data
 

@@ -2,7 +2,7 @@
 pyplot global state, no display needed).
 
 Every function takes plain data, the lists of dicts found in dlscale's JSON files
-(metrics.jsonl records, the ``results`` rows of bench-*.json and of ``predict --json``),
+(metrics.jsonl records, the ``results`` rows of bench-*.json and of ``forecast --json``),
 and an output stem; it writes ``<stem>.png`` and ``<stem>.svg`` and returns the PNG path.
 A figure with nothing to draw raises ``ValueError`` (callers check for data first).
 

@@ -60,14 +60,16 @@ def _fsynced_save(obj: Any, path: Path) -> None:
 
 
 def save(
-    run_dir: Path, step: int, state: dict[str, Any], extra: dict[str, Any], meta: dict[str, Any], keep: int
+    run_dir: Path, step: int, state: dict[str, Any], extra: dict[str, Any], meta: dict[str, Any], keep: int,
+    name: str | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically (a collective: every worker calls it).
 
     ``state`` holds what DCP shards (model and optimizer state dicts); ``extra`` is this
-    worker's own small state."""
+    worker's own small state. A ``name`` (``best``) saves under that name instead, outside
+    the rotation: ``latest`` keeps pointing at the newest step and nothing is pruned."""
     root = checkpoints_dir(run_dir)
-    final = root / f"step-{step}"
+    final = root / (name or f"step-{step}")
     tmp = root / f".step-{step}.tmp"
     failure = None
     if dist.is_main():
@@ -95,14 +97,14 @@ def save(
     failure = None
     if dist.is_main():
         try:
-            _finish(root, tmp, final, step, meta, keep)
+            _finish(root, tmp, final, step, meta, keep if name is None else None)
         except OSError as exc:
             failure = _innermost(exc)
     _raise_if_any_failed([dist.broadcast(failure)], run_dir, tmp, step)
     return final
 
 
-def _finish(root: Path, tmp: Path, final: Path, step: int, meta: dict[str, Any], keep: int) -> None:
+def _finish(root: Path, tmp: Path, final: Path, step: int, meta: dict[str, Any], keep: int | None) -> None:
     """Rank 0, once every shard is on disk: meta.json, then the rename that makes it count."""
     with (tmp / "meta.json").open("w") as handle:
         json.dump({"step": step, "world_size": dist.world_size(), **meta}, handle, indent=2)
@@ -117,9 +119,11 @@ def _finish(root: Path, tmp: Path, final: Path, step: int, meta: dict[str, Any],
         shutil.rmtree(stale, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _point_latest(root, final.name)
+    if keep is not None:  # a named checkpoint (best) stays out of the rotation
+        _point_latest(root, final.name)
     _fsync_dir(root)
-    _prune(root, keep)
+    if keep is not None:
+        _prune(root, keep)
 
 
 def _innermost(exc: BaseException) -> str:

@@ -145,8 +145,9 @@ def abandon(path: Path) -> bool:
         for name in (*RUN_FILES, ".lock"):
             if name not in found:
                 (path / name).unlink(missing_ok=True)
-        if "checkpoints" not in found and not (path / "checkpoints").is_symlink():
-            shutil.rmtree(path / "checkpoints", ignore_errors=True)
+        for folder in ("checkpoints", "tb"):
+            if folder not in found and not (path / folder).is_symlink():
+                shutil.rmtree(path / folder, ignore_errors=True)
         if _fresh[key] is None:  # this process made the folder: remove it when nothing else is left
             try:
                 path.rmdir()  # (worker logs stay, and so does the folder then)

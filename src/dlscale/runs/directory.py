@@ -5,6 +5,9 @@
         metrics.jsonl    one JSON object per logged step and per evaluation (runs.metrics_log)
         summary.json     written once at the end, atomically (runs.results)
         hardware.json    the machine of rank 0 (runs.results)
+        model.json       what the model is and how raw inputs become its inputs (training.model_files)
+        model.safetensors  the final weights, no pickle (runs.weights)
+        tb/              TensorBoard scalars, with --logger tensorboard (runs.tensorboard)
         checkpoints/     step-<N>/ complete or absent; `latest` names the newest (runs.checkpoint)
         .lock            held while a process writes the run (runs.claim)
 
@@ -21,7 +24,7 @@ from pathlib import Path
 from dlscale.errors import UserError
 from dlscale.runs.checkpoint import newest_checkpoint
 
-RUN_FILES = ("config.toml", "hardware.json", "metrics.jsonl", "summary.json")
+RUN_FILES = ("config.toml", "hardware.json", "metrics.jsonl", "summary.json", "model.json", "model.safetensors")
 
 
 def _slug(text: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from dlscale.errors import UserError
 from dlscale.runs.files import atomic_write_text, to_json
@@ -24,6 +24,7 @@ class MetricsLog:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.mirror: Callable[[dict[str, Any]], None] | None = None  # also given each record (TensorBoard)
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines the interrupted run logged after its last checkpoint."""
@@ -52,6 +53,8 @@ class MetricsLog:
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(to_json({**kind, "schema_version": SCHEMA_VERSION, **record}) + "\n")
             handle.flush()
+        if self.mirror is not None:  # after the line: metrics.jsonl stays the source of truth
+            self.mirror(record)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

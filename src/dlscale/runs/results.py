@@ -6,15 +6,16 @@ one that reads them, so no reader guesses what a file is from its keys.
     hardware    <run>/hardware.json
     train, infer, comm, scaling
                 <bench run>/bench-<kind>.json (bench <kind> --json)
-    forecast    predict --json; a lab's predicted-scaling.json
+    forecast    forecast --json (``predict --json`` before the rename); a lab's forecast-scaling.json
     compute     compute --json
     lab         <lab>/lab.json
 
 Each object carries ``"kind"`` and ``"schema_version"`` (an int; the layout of files
 written before versions existed is version 1). A reader takes the kind from the object.
 A file written before kinds existed is known by its file name only (``summary.json``,
-``hardware.json``, ``bench-<kind>.json``, and ``predict.json`` / ``compute.json`` as
-the documented way to save those commands' --json output); anything else is refused.
+``hardware.json``, ``bench-<kind>.json``, and ``predict.json`` (forecast's old name) /
+``compute.json`` as the documented way to save those commands' --json output); anything
+else is refused.
 metrics.jsonl, a log of records rather than one object, lives in ``metrics_log``.
 """
 
@@ -37,8 +38,9 @@ KIND_NAMES = {
     "summary": "a run summary (summary.json)",
     "hardware": "a hardware report (hardware.json)",
     **{kind: f"a 'dlscale bench {kind}' result (bench-{kind}.json)" for kind in BENCH_KINDS},
-    "forecast": "a 'dlscale predict' result",
+    "forecast": "a 'dlscale forecast' result",
     "compute": "a 'dlscale compute' result",
+    "export": "a 'dlscale export' result",
     "lab": "a lab record (lab.json)",
 }
 # files from before kinds: known by name, never by their keys
@@ -128,7 +130,7 @@ def write_bench(run_dir: Path, kind: str, result: dict[str, Any]) -> Path:
 
 def read_json(path: Path, saved_stdout: bool = False) -> Any:
     """The JSON value of ``path``. With ``saved_stdout`` the file may also be a command's
-    saved stdout, whose JSON object is its last line (``dlscale predict --json > f``)."""
+    saved stdout, whose JSON object is its last line (``dlscale forecast --json > f``)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -158,7 +160,7 @@ def identify(data: dict[str, Any], path: Path) -> Result:
     kind = _RENAMED_KINDS.get(kind, kind) if isinstance(kind, str) else None
     if kind not in KIND_NAMES:
         raise UserError(
-            f"{path} is not a dlscale result (a run's summary.json, bench-*.json, or predict/compute --json output)"
+            f"{path} is not a dlscale result (a run's summary.json, bench-*.json, or forecast/compute --json output)"
         )
     version = data.get("schema_version", 1)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:

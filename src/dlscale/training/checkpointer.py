@@ -19,6 +19,8 @@ from dlscale.training.setup import Job
 from dlscale.training.state import EarlierSessions, TrainState, rng_state, set_rng_state
 from dlscale.training.step import Stepper
 
+BEST = "best"  # checkpoints/best: the best validated weights (--keep-best)
+
 
 class Checkpointer:
     """Saves this job's checkpoints; ``pet`` tells the watchdog a long save is progress."""
@@ -50,6 +52,23 @@ class Checkpointer:
         self.pet()
         checkpoint.save(job.run_dir, state.step, {"model": model_state, "optimizer": optimizer_state}, extra, meta,
                         keep=job.config.keep_checkpoints)
+        self.pet()
+
+    def save_best(self, step: int) -> None:
+        """--keep-best: the model's weights as ``checkpoints/best``, outside the rotation."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        job = self.job
+        meta = {"model": job.model_name, "data": job.splits.name, "strategy": job.config.strategy, "best": True}
+        self.pet()
+        checkpoint.save(job.run_dir, step, {"model": get_model_state_dict(job.stepper.raw_model)}, {"step": step}, meta,
+                        keep=job.config.keep_checkpoints, name=BEST)
+        self.pet()
+
+    def restore_best(self) -> None:
+        """Put the weights of ``checkpoints/best`` back into the model (optimizer untouched)."""
+        self.pet()
+        checkpoint.load_model(checkpoint.checkpoints_dir(self.job.run_dir) / BEST, self.job.stepper.raw_model)
         self.pet()
 
     def restore(self, path: Path) -> tuple[int, EarlierSessions]:

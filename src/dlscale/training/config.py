@@ -21,6 +21,10 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("ddp", "fsdp")
+MONITOR_MODES = ("auto", "min", "max")
+LOGGERS = ("none", "tensorboard")
+LOSSES = ("auto", "cross_entropy", "mse", "mae", "huber")  # auto: cross_entropy for classes, mse for values
+METRICS = ("accuracy", "mae", "mse", "r2")  # accuracy for classes; the rest for values
 # NumPy's legacy seed range. Every consumer takes it exactly: random, NumPy (no modulo that
 # would make two seeds one), torch, and the batch order's seed * 1_000_003 + epoch (an int64).
 MAX_SEED = 2**32 - 1
@@ -73,6 +77,17 @@ class TrainConfig:
     eval_every_epoch: bool = True
     synthetic_samples: int | None = None  # training-set size for --data synthetic
     workers: int = 0  # DataLoader worker processes for lazily read data
+    early_stop_patience: int | None = None  # validations without improvement before stopping; None: off
+    monitor: str = "val_loss"  # the validation record's key that early stopping, keep_best and plateau watch
+    monitor_mode: str = "auto"  # auto: max for accuracy and r2, min otherwise
+    min_delta: float = 0.0  # a smaller change of the monitored metric is no improvement
+    keep_best: bool = False  # checkpoints/best at each improvement; its weights are tested and exported
+    reduce_lr_patience: int | None = None  # validations without improvement before lr x reduce_lr_factor; None: off
+    reduce_lr_factor: float = 0.1
+    logger: str = "none"  # none, tensorboard (scalars mirrored into RUN/tb/)
+    init_from: str | None = None  # a run directory or checkpoint whose weights start this run (fine-tuning)
+    loss: str = "auto"  # auto: cross_entropy for class labels, mse for float targets (LOSSES)
+    metrics: str = "auto"  # comma-separated METRICS; auto: accuracy for classes, mae,r2 for values
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -112,6 +127,22 @@ class TrainConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("monitor_mode", self.monitor_mode, MONITOR_MODES)
+        _check_choice("logger", self.logger, LOGGERS)
+        for name in ("early_stop_patience", "reduce_lr_patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"{_flag(name)} must be at least 1 (validations without improvement), got {value}")
+        if not (math.isfinite(self.min_delta) and self.min_delta >= 0):
+            raise UserError(f"--min-delta must be a finite number, 0 or more, got {self.min_delta}")
+        if not (math.isfinite(self.reduce_lr_factor) and 0 < self.reduce_lr_factor < 1):
+            raise UserError(f"--reduce-lr-factor multiplies the learning rate and must be in (0, 1), got {self.reduce_lr_factor}")
+        if not self.monitor.strip():
+            raise UserError("--monitor must name a validation metric such as val_loss or val_accuracy")
+        _check_choice("loss", self.loss, LOSSES)
+        if self.metrics != "auto":
+            for name in self.metrics.split(","):
+                _check_choice("metrics", name, METRICS)
         if self.batch_size % self.grad_accum:
             raise UserError(
                 f"--batch-size {self.batch_size} does not split into --grad-accum "
@@ -197,6 +228,8 @@ def build(file_values: dict[str, Any] | None = None, **overrides: Any) -> TrainC
     """Defaults, then the config file's values, then explicit overrides (flags)."""
     values = dict(file_values or {})
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(values.get("metrics"), (list, tuple)):  # fit(metrics=[...]) and TOML lists
+        values["metrics"] = ",".join(map(str, values["metrics"]))
     if overrides.get("max_steps") is None and "epochs" in overrides and overrides["epochs"]:
         # --epochs on the command line beats a max_steps from the file.
         values.pop("max_steps", None)

@@ -7,7 +7,7 @@ import torch
 
 from dlscale.distributed import process_group as dist
 from dlscale.errors import UserError
-from dlscale.hardware.mfu import global_counts
+from dlscale.hardware.mfu import global_counts, utilisation
 from dlscale.progress import TrainProgress
 from dlscale.runs import checkpoint
 from dlscale.training.setup import Job
@@ -55,6 +55,10 @@ class IntervalLogger:
         }
         if job.tokens_per_sample > 1 and rate is not None:
             record["tokens_per_second"] = rate * job.tokens_per_sample
+        if rate is not None and job.flops:  # this interval's MFU, against the peak summary.json uses
+            devices = dist.world_size() if job.stepper.device.type == "cuda" else job.config.nnodes
+            record["mfu"] = utilisation(job.flops.train_per_sample, rate, job.stepper.device, job.stepper.precision,
+                                        devices, peak=job.peak)["mfu"]
         if dist.is_main():
             job.metrics.write(record)
         if rate is not None:

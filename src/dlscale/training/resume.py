@@ -19,7 +19,7 @@ from dlscale.training.requeue import restart_count
 # Flags that say how to run, not what: a resumed run may take new values for these.
 RESUMABLE_WITH = (
     *config_mod.INVOCATION_KEYS, "nproc", "nnodes", "timeout", "workers", "log_every", "checkpoint_every",
-    "keep_checkpoints", "device",
+    "keep_checkpoints", "device", "logger",
 )
 
 

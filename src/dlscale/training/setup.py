@@ -5,6 +5,7 @@ worker → the peak FLOP/s for MFU."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -23,7 +24,7 @@ from dlscale.errors import UserError
 from dlscale.hardware.peaks import PeakFlops, measured_peaks, peak_for
 from dlscale.hardware.report import hw_report
 from dlscale.models import ModelInfo, build_model, model_info
-from dlscale.models.flops import FlopCount, count as count_flops
+from dlscale.models.flops import FlopCount, count as count_flops, loss_for, loss_name
 from dlscale.runs import directory as runs
 from dlscale.runs import results
 from dlscale.runs.files import write_toml
@@ -33,6 +34,8 @@ from dlscale.training import config as config_mod
 from dlscale.training import memory
 from dlscale.training import settings as settings_mod
 from dlscale.training.config import TrainConfig
+from dlscale.training.evaluate import metric_names
+from dlscale.training.model_files import init_weights, model_spec, write_spec
 from dlscale.training.resume import locate_run
 from dlscale.training.state import seed_everything
 from dlscale.training.step import Stepper, build_stepper
@@ -94,6 +97,8 @@ def setup(
         torch.manual_seed(config.seed)
         model = build_model(config.model, splits.input_shape, splits.num_classes)
     model_name = config.model if info is not None else type(model).__name__
+    if config.init_from and resume_from is None:  # fine-tune: start from trained weights
+        init_weights(config.init_from, model, splits)
 
     steps_per_epoch = len(splits.train) // config.batch_size
     if steps_per_epoch == 0:
@@ -104,7 +109,11 @@ def setup(
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
     example_x, example_y = first_samples(splits.train, 2)  # batch norm needs more than one
-    flops = count_flops(model, example_x, example_y)
+    loss = loss_name(splits.targets, config.loss)  # the loss and metrics must fit the data's targets: said now
+    metrics = metric_names(splits.targets, config.metrics)
+    if config.target_accuracy is not None and "accuracy" not in metrics:
+        raise UserError("--target-accuracy needs class labels and the accuracy metric; leave it out for regression")
+    flops = count_flops(model, example_x, example_y, loss_for(splits.targets, loss))
 
     chosen = settings_mod.resolve(
         device, model, first_samples(splits.train, min(config.batch_size // world, autotune.PROBE_SAMPLES)),
@@ -133,10 +142,14 @@ def setup(
         epochs=epochs if config.max_steps else config.epochs,
         nproc=env.local_world_size,
         nnodes=max(1, world // env.local_world_size),
+        loss=loss,
+        metrics=",".join(metrics),
     )
     agree_on_config(config, run_dir, env, device)
+    if dist.is_main():  # what rebuilds the model and prepares raw inputs, for dlscale.load and predict
+        write_spec(run_dir, model_spec(config.model if info is not None else None, model, splits, precision, channels_last))
     splits = _keep_small_data_on_device(splits, device)
-    stepper = build_stepper(config, model, device, total_steps)
+    stepper = build_stepper(config, model, device, total_steps, loss_for(splits.targets, loss))
     order = BatchOrder(len(splits.train), config.batch_size, config.seed, rank=dist.rank(), world=world)
     parameters = sum(p.numel() for p in model.parameters())
     # looked up now, not in summarize: with no cached figures for this machine it measures for seconds
@@ -202,4 +215,4 @@ def _keep_small_data_on_device(splits: Splits, device: torch.device) -> Splits:
         if tensors is not None and sum(t.numel() * t.element_size() for t in tensors) < 2**30:
             dataset = torch.utils.data.TensorDataset(*(t.to(device) for t in tensors))
         moved[name] = dataset
-    return Splits(splits.name, splits.kind, splits.input_shape, splits.num_classes, **moved)
+    return dataclasses.replace(splits, **moved)

@@ -18,6 +18,8 @@ import torch
 
 from dlscale.training.timing import StepTimer
 
+CALLBACK_PREFIX = "callbacks."  # the callbacks' counters in a checkpoint's ``carried`` entry
+
 
 @dataclass(frozen=True)
 class EarlierSessions:
@@ -34,6 +36,7 @@ class EarlierSessions:
     energy_kwh: float | None = None
     time_to_target_seconds: float | None = None
     time_to_target_step: int | None = None
+    callbacks: dict[str, Any] = field(default_factory=dict)  # early stopping, best value, plateau (training/callbacks)
 
     @classmethod
     def from_checkpoint(cls, carried: dict[str, Any]) -> "EarlierSessions":
@@ -49,6 +52,7 @@ class EarlierSessions:
             energy_kwh=carried.get("energy_kwh"),
             time_to_target_seconds=carried.get("time_to_target_seconds"),
             time_to_target_step=carried.get("time_to_target_step"),
+            callbacks={k[len(CALLBACK_PREFIX):]: v for k, v in carried.items() if k.startswith(CALLBACK_PREFIX)},
         )
 
 
@@ -67,6 +71,7 @@ class TrainState:
     window: list[torch.Tensor] = field(default_factory=list)  # losses since the last metrics line, on the device (no sync)
     time_to_target_seconds: float | None = None  # loop time until validation first reached --target-accuracy
     time_to_target_step: int | None = None
+    callbacks: dict[str, Any] = field(default_factory=dict)  # the callbacks' counters, plain numbers, checkpointed
 
     @classmethod
     def begin(cls, step: int, earlier: EarlierSessions, timer: StepTimer, wall_start: float) -> "TrainState":
@@ -74,7 +79,7 @@ class TrainState:
         return cls(
             step=step, timer=timer, wall_start=wall_start, loop_start=time.perf_counter() - earlier.loop_seconds,
             earlier=earlier, time_to_target_seconds=earlier.time_to_target_seconds,
-            time_to_target_step=earlier.time_to_target_step,
+            time_to_target_step=earlier.time_to_target_step, callbacks=dict(earlier.callbacks),
         )
 
     def wall_seconds(self) -> float:
@@ -100,6 +105,7 @@ class TrainState:
             loop_seconds=self.loop_seconds(),
             wall_seconds=self.wall_seconds(),
         )
+        carried.update({CALLBACK_PREFIX + k: v for k, v in self.callbacks.items()})
         return carried
 
 

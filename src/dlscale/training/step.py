@@ -17,7 +17,7 @@ from dlscale.distributed import process_group as dist
 from dlscale.distributed import parallel
 from dlscale.training.config import TrainConfig
 from dlscale.hardware.device import autocast
-from dlscale.models.flops import loss_fn
+from dlscale.models.flops import Loss, loss_fn
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Stepper:
     grad_clip: float
     channels_last: bool
     parallel: torch.nn.Module  # the DDP wrapper or the FSDP2 root (raw_model itself with one worker)
+    loss: Loss = loss_fn  # the run's loss (models.flops.loss_for): cross-entropy, or MSE/MAE/Huber for regression
 
     def sync_gradients(self, sync: bool):
         """Skip the gradient all-reduce on all but the last micro-batch of an accumulated step."""
@@ -64,7 +65,7 @@ def train_step(s: Stepper, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     for i, (micro_x, micro_y) in enumerate(zip(x.chunk(s.grad_accum), y.chunk(s.grad_accum))):
         with s.sync_gradients(i == s.grad_accum - 1):
             with autocast(s.device, s.precision):
-                loss = loss_fn(s.model(micro_x), micro_y) / s.grad_accum
+                loss = s.loss(s.model(micro_x), micro_y) / s.grad_accum
             if s.scaler is not None:
                 s.scaler.scale(loss).backward()
             else:
@@ -91,7 +92,9 @@ def to_device(s: Stepper, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def build_stepper(config: TrainConfig, model: torch.nn.Module, device: torch.device, total_steps: int) -> Stepper:
+def build_stepper(
+    config: TrainConfig, model: torch.nn.Module, device: torch.device, total_steps: int, loss: Loss = loss_fn
+) -> Stepper:
     """Place the model (channels_last, compile) and build its optimizer, schedule and scaler.
     ``config`` is resolved: precision, compile, channels_last and lr are concrete values."""
     raw_model = model.to(device)
@@ -113,6 +116,7 @@ def build_stepper(config: TrainConfig, model: torch.nn.Module, device: torch.dev
         grad_clip=config.grad_clip,
         channels_last=config.channels_last,
         parallel=wrapped,
+        loss=loss,
     )
 
 

@@ -65,15 +65,25 @@ class RunSummary:
     auto_settings: dict[str, Any] | None  # what the CPU probe measured when precision/channels_last were left open
     run_dir: str
     slurm_restart_count: int | None  # times SLURM requeued the job that finished the run; null outside SLURM
+    test_mae: float | None = None  # regression (float targets) only, as test_r2: 1 - SSE/SST
+    test_r2: float | None = None
+    stopped_early: bool = False  # --early-stop-patience ended the run before its last step
+    best_step: int | None = None  # the step of the best validation of --monitor (null when nothing monitored)
+    best_value: float | None = None
+    monitor: str | None = None
+    val_loss: float | None = None  # the last validation's (null without a validation set)
+    val_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def summarize(
-    job: Job, state: TrainState, test_loss: float | None, test_accuracy: float | None, energy_kwh: float | None
+    job: Job, state: TrainState, test: dict[str, float | None], energy_kwh: float | None,
+    outcome: dict[str, Any] | None = None,
 ) -> RunSummary:
-    """The summary of the whole run, every session of it; collective: every worker calls it."""
+    """The summary of the whole run, every session of it; collective: every worker calls it.
+    ``test`` is the Evaluator's test record (test_loss, test_accuracy or test_mae, test_r2, ...)."""
     earlier, timer, device = state.earlier, state.timer, job.stepper.device
     # samples summed over all ranks, over the slowest rank's time (an all-reduce when distributed)
     timed_samples, timed_seconds = global_counts(
@@ -110,8 +120,8 @@ def summarize(
         mfu=usage["mfu"],
         pfs_days=pfs_days(total_flops) if total_flops else None,
         final_loss=None if math.isnan(state.last_loss) else state.last_loss,
-        test_loss=test_loss,
-        test_accuracy=test_accuracy,
+        test_loss=test.get("test_loss"),
+        test_accuracy=test.get("test_accuracy"),
         peak_source=usage["peak_source"],
         mfu_datasheet=usage["mfu_datasheet"],
         mfu_measured_peak=usage["mfu_measured_peak"],
@@ -134,6 +144,9 @@ def summarize(
         auto_settings=job.tuned,
         run_dir=str(job.run_dir),
         slurm_restart_count=restart_count(),
+        test_mae=test.get("test_mae"),
+        test_r2=test.get("test_r2"),
+        **(outcome or {}),  # stopped_early, best_step, best_value, monitor, val_loss, val_accuracy (training/callbacks)
     )
 
 

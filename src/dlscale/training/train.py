@@ -22,6 +22,8 @@ from dlscale.data import Splits
 from dlscale.distributed.env import detect
 from dlscale.errors import UserError
 from dlscale.progress import TrainProgress
+from dlscale.runs.tensorboard import require_tensorboard
+from dlscale.training.callbacks import check_validation
 from dlscale.training.config import TrainConfig
 from dlscale.training.launcher import launch_training
 from dlscale.training.trainer import TrainResult
@@ -35,16 +37,20 @@ def train(
     model: torch.nn.Module | None = None,
     data: Splits | None = None,
     progress: TrainProgress | None = None,
+    callbacks: list[Any] | None = None,
 ) -> TrainResult:
     """Run one training job; ``overrides`` are the values the user set explicitly (they
-    beat a resumed run's config.toml). ``model``/``data`` come from the Python API."""
+    beat a resumed run's config.toml). ``model``/``data``/``callbacks`` come from the Python API."""
+    if config.logger == "tensorboard":
+        require_tensorboard()  # said before a run folder or a worker exists
+    check_validation(config, has_val=True)  # early stopping with validation switched off, said as early
     env = detect()
     overrides, progress = overrides or {}, progress or TrainProgress(None)
     if env.world_size == 1 and config.nproc * config.nnodes > 1:  # several workers asked for, none started yet
-        if model is not None or data is not None:
+        if model is not None or data is not None or callbacks:
             raise UserError(
-                "fit() with your own module or data trains in one process; for several, run your "
+                "fit() with your own module, data or callbacks trains in one process; for several, run your "
                 "script under torchrun, or give zoo and data names"
             )
         return launch_training(config, overrides, progress)
-    return run_worker(config, overrides, env, model, data, progress)
+    return run_worker(config, overrides, env, model, data, progress, callbacks)

@@ -3,6 +3,8 @@
 Each component decides its own timing: the logger which steps are sync points, the
 checkpointer when a save is due, the evaluator when to validate. The loop only asks
 them, in order, after every step; a stop signal is answered after the step it came in.
+At each epoch's end the callbacks (``training/callbacks``) decide on the validation's
+record: early stopping, the best checkpoint, the learning rate on a plateau, the user's.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ from dlscale.hardware.report import hw_report
 from dlscale.progress import TrainProgress
 from dlscale.runs import checkpoint
 from dlscale.runs import results
+from dlscale.runs.tensorboard import TensorBoardLog
 from dlscale.training.allocator import keep_freed_memory
+from dlscale.training.callbacks import CallbackList
 from dlscale.training.checkpointer import Checkpointer
 from dlscale.training.config import TrainConfig
 from dlscale.training.evaluate import Evaluator
 from dlscale.training.interval_log import IntervalLogger
+from dlscale.training.model_files import save_final_weights
 from dlscale.training.setup import setup
 from dlscale.training.signals import StopRequests
 from dlscale.training.state import EarlierSessions, TrainState
@@ -53,7 +58,7 @@ class Trainer:
 
     def __init__(
         self, config: TrainConfig, overrides: dict[str, Any], env: ClusterEnv, device: torch.device,
-        model: torch.nn.Module | None, data: Splits | None, progress: TrainProgress,
+        model: torch.nn.Module | None, data: Splits | None, progress: TrainProgress, callbacks: list[Any] | None = None,
     ) -> None:
         wall_start = time.perf_counter()
         if not dist.is_main():
@@ -71,6 +76,10 @@ class Trainer:
         first_timed = start_step + min(5 if self.job.config.compile else 2, (self.job.total_steps - start_step) // 2)
         self.logger = IntervalLogger(self.job, progress, first_timed)
         self.state = TrainState.begin(start_step, earlier, StepTimer(self.job.stepper.device, first_timed), wall_start)
+        # early stopping, --keep-best, plateau and the user's callbacks, their counters restored from the checkpoint
+        self.callbacks = CallbackList(self.job, self.state, self.checkpointer, callbacks)
+        if self.job.config.logger == "tensorboard" and dist.is_main():  # rank 0 mirrors metrics.jsonl
+            self.job.metrics.mirror = TensorBoardLog(self.job.run_dir, purge_step=start_step + 1 if start_step else None)
 
     def fit(self) -> TrainResult:
         job, state, progress = self.job, self.state, self.progress
@@ -84,12 +93,16 @@ class Trainer:
         with self.watchdog, power, StopRequests() as requests, contextlib.ExitStack() as cleanup:
             cleanup.callback(progress.stop)
             cleanup.enter_context(keep_freed_memory(device.type == "cpu"))  # no page faults for reused buffers
-            while state.step < job.total_steps and stop is None:
+            if job.metrics.mirror is not None:
+                cleanup.callback(job.metrics.mirror.close)
+            self.callbacks.on_train_start()
+            while state.step < job.total_steps and stop is None and not self.callbacks.should_stop:
                 epoch, first = divmod(state.step, job.order.steps_per_epoch)
                 epoch_losses: list[torch.Tensor] = []
                 batches = train_batches(job.splits.train, job.order, epoch, first, job.config.workers)
                 for x, y in state.timer.waiting_for(batches):
                     epoch_losses.append(self._train_step(x, y, epoch))
+                    self.callbacks.on_step_end(epoch, epoch_losses[-1])
                     save_now = self.checkpointer.should_save(state.step)
                     if save_now or self.logger.should_log(state.step):
                         self.logger.log(state)  # a sync point; a save closes the timing interval too
@@ -97,18 +110,22 @@ class Trainer:
                         self.checkpointer.save(state)
                         state.timer.restart(state.step, state.samples)
                     stop = requests.agreed()  # a signal: finish this step, save, stop (all workers at one step)
-                    if state.step == job.total_steps or stop is not None:
+                    if state.step == job.total_steps or stop is not None or self.callbacks.should_stop:
                         break
-                if stop is None and self.evaluator.should_validate(state.step):
-                    self.evaluator.validate(state, epoch, epoch_losses)
-                    state.timer.restart(state.step, state.samples)
+                if stop is None:
+                    self._end_epoch(epoch, epoch_losses)  # validation, then early stopping, keep-best, plateau
             progress.stop()
             if stop is not None and state.step < job.total_steps:
                 self._save_and_stop(stop)
+            if state.window:  # a callback stopped the run between two metrics lines
+                self.logger.log(state)
             self.checkpointer.save(state)
-            test_loss, test_accuracy = self.evaluator.test()
-        summary = self._write_summary(power, test_loss, test_accuracy)
+            self.callbacks.restore_best()  # --keep-best: the test (and the exported model) use the best weights
+            test = self.evaluator.test()  # test_loss and test_<metric>
+            save_final_weights(job.run_dir, job.stepper.raw_model)  # model.safetensors, beside model.json
+        summary = self._write_summary(power, test)
         progress.summary_table(summary, str(job.run_dir))
+        self.callbacks.on_train_end(summary)
         return TrainResult(summary=summary, run_dir=job.run_dir, model=job.stepper.raw_model)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
@@ -121,12 +138,22 @@ class Trainer:
         self.progress.advance(epoch, job.epochs)
         return loss
 
-    def _write_summary(self, power: Any, test_loss: float | None, test_accuracy: float | None) -> dict[str, Any]:
+    def _end_epoch(self, epoch: int, epoch_losses: list[torch.Tensor]) -> None:
+        """Validate when due, then the callbacks decide on its record (stop, save the best, lower the lr)."""
+        state = self.state
+        record = None
+        if self.evaluator.should_validate(state.step):
+            record = self.evaluator.validate(state, epoch, epoch_losses)
+        self.callbacks.on_epoch_end(epoch, record, epoch_losses)
+        if record is not None:
+            state.timer.restart(state.step, state.samples)
+
+    def _write_summary(self, power: Any, test: dict[str, float | None]) -> dict[str, Any]:
         """summary.json of the whole run (every worker's energy, every session's time); rank 0
         writes it, and no worker (nor its node's launcher) ends before it exists."""
         job = self.job
         energy_kwh = _energy_kwh(power, job.stepper.device, self.state.earlier.energy_kwh)
-        summary = results.stamp("summary", summarize(job, self.state, test_loss, test_accuracy, energy_kwh).to_dict())
+        summary = results.stamp("summary", summarize(job, self.state, test, energy_kwh, self.callbacks.summary_fields()).to_dict())
         if dist.is_main():
             results.write_hardware(job.run_dir, hw_report(measured=job.machine_peaks))  # the peaks MFU used
             results.write_summary(job.run_dir, summary)

@@ -25,13 +25,13 @@ from dlscale.training.trainer import Trainer, TrainResult
 
 def run_worker(
     config: TrainConfig, overrides: dict[str, Any], env: ClusterEnv,
-    model: torch.nn.Module | None, data: Splits | None, progress: TrainProgress,
+    model: torch.nn.Module | None, data: Splits | None, progress: TrainProgress, callbacks: list[Any] | None = None,
 ) -> TrainResult:
     die_with_launcher()
     device = resolve_device(config.device, env.local_rank)
     dist.init(env, device, config.timeout)
     try:
-        return Trainer(config, overrides, env, device, model, data, progress).fit()
+        return Trainer(config, overrides, env, device, model, data, progress, callbacks).fit()
     except Stopped as stopped:  # saved and stopped on a signal: SLURM's warning asks to requeue
         if dist.is_main() and requeue_wanted(stopped.signum, config.max_requeues)[1]:
             # said now: a requeue ends this job at once, before the CLI would print it

@@ -1,0 +1,1 @@
+"""Using a trained run: ``load`` it as a ``Model`` (predict, evaluate, generate), and export it."""
