@@ -36,3 +36,18 @@ def _private_cache_dir(tmp_path_factory):
     (so the few-second measurement runs once) and inherited by CLI subprocesses."""
     os.environ["DLSCALE_CACHE_DIR"] = str(tmp_path_factory.mktemp("dlscale-cache"))
     yield
+
+
+# cnn on digits, 20 steps: the run every multi-node and SLURM job in tests/distributed must end like
+NPROC2_REFERENCE = ["train", "--model", "cnn", "--data", "digits", "--max-steps", "20", "--batch-size", "32", "--seed", "0",
+                    "--precision", "fp32", "--no-channels-last", "--no-compile", "--nproc", "2", "--json"]
+
+
+@pytest.fixture(scope="session")
+def nproc2_loss(tmp_path_factory) -> float:
+    """The final loss of NPROC2_REFERENCE: one launcher, two workers. torchrun gives each of them
+    one thread (OMP_NUM_THREADS=1); the multi-node and SLURM tests give their workers the same,
+    as kernels with another thread count add in another order. Shared, so it runs once."""
+    done = run_cli(NPROC2_REFERENCE, cwd=tmp_path_factory.mktemp("nproc2-reference"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return last_json(done.stdout)["final_loss"]

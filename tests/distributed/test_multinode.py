@@ -42,13 +42,10 @@ def finish(node: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]
     return node.returncode, out, err
 
 
-@pytest.fixture(scope="module")
-def one_launcher_loss(tmp_path_factory) -> float:
-    """The loss of the same run started by one launcher with two workers."""
-    cwd = tmp_path_factory.mktemp("one-launcher")
-    done = run_cli([*TRAIN, "--max-steps", "20", "--nproc", "2", "--json"], cwd=cwd)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return last_json(done.stdout)["final_loss"]
+@pytest.fixture
+def one_launcher_loss(nproc2_loss) -> float:
+    """The loss of the same run started by one launcher with two workers (tests/conftest.py)."""
+    return nproc2_loss
 
 
 def test_two_nodes_meet_through_c10d_and_train_as_one_launcher_does(tmp_path, one_launcher_loss):

@@ -54,13 +54,10 @@ def cluster(tmp_path_factory):
     c.stop()
 
 
-@pytest.fixture(scope="module")
-def reference_loss(tmp_path_factory) -> float:
-    """The final loss of one `dlscale train --nproc 2` with the jobs' settings."""
-    folder = tmp_path_factory.mktemp("reference")
-    done = run_cli([*TRAIN[1:], "--nproc", "2", "--run-dir", "run"], cwd=folder)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads((folder / "run" / "summary.json").read_text())["final_loss"]
+@pytest.fixture
+def reference_loss(nproc2_loss) -> float:
+    """The final loss of one `dlscale train --nproc 2` with the jobs' settings (tests/conftest.py)."""
+    return nproc2_loss
 
 
 def launch(cluster, cwd: Path, *argv: str) -> subprocess.CompletedProcess:
