@@ -19,7 +19,7 @@ from dlscale.data.splits import Splits, image_splits, split_arrays
 from dlscale.errors import UserError
 
 CHANNEL_COUNTS = (1, 3, 4)
-HOW_TO_SAVE = "save it with np.savez(path, x=samples, y=integer_labels)"
+HOW_TO_SAVE = "save it with np.savez(path, x=samples, y=labels) (integer class labels, or float regression targets)"
 # Memory per value, besides the array as loaded and its split's copy: x becomes float32, y int64.
 CONVERTED_BYTES = {"x.npy": 4, "y.npy": 8}
 READ_HEADER_1_0 = np.lib.format.read_array_header_1_0
