@@ -8,7 +8,7 @@ import sys
 import textwrap
 from typing import Any
 
-from dlscale.inference.export import FORMATS, TOLERANCE
+from dlscale.inference import FORMATS, TOLERANCE
 
 
 def add_parser(subparsers: Any) -> None:

@@ -36,9 +36,8 @@ import torch
 from torch import nn
 
 from dlscale.errors import UserError
+from dlscale.inference import FORMATS, TOLERANCE
 
-FORMATS = ("safetensors", "pt2", "onnx")
-TOLERANCE = {"safetensors": 1e-4, "pt2": 1e-4, "onnx": 1e-3}  # max abs diff of fp32 outputs vs eager
 SPEC_KEY = "dlscale_model_spec"
 PT2_SPEC_FILE = "dlscale_model_spec.json"
 EXAMPLE_BATCH = 4  # the batch exported with; the check also runs a batch of CHECK_BATCH
