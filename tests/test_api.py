@@ -58,3 +58,10 @@ def test_fit_refuses_non_finite_inputs_and_out_of_range_labels_naming_the_sample
     labels[3] = 2**31
     with pytest.raises(dlscale.UserError, match="label 2147483648 at index 3"):
         dlscale.fit(torch.nn.Linear(4, 2), (np.zeros((40, 4), dtype=np.float32), labels), epochs=1, batch_size=8)
+
+
+def test_paths_may_be_given_as_path_objects(tmp_path):
+    result = dlscale.fit("mlp", "digits", max_steps=2, run_dir=tmp_path / "run", verbose=False)
+    assert result.run_dir == tmp_path / "run" and (tmp_path / "run" / "summary.json").is_file()
+    again = dlscale.fit("mlp", "digits", max_steps=2, run_dir=tmp_path / "tuned", init_from=tmp_path / "run", verbose=False)
+    assert again.summary["steps"] == 2

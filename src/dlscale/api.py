@@ -84,6 +84,8 @@ def fit(
     """
     if devices is not None:
         options.setdefault("device", devices)
+    # paths as Python users hold them (run_dir=tmp_path / "run"): config keys are strings
+    options = {key: str(value) if isinstance(value, Path) else value for key, value in options.items()}
     unknown = set(options) - set(config_mod.field_names())
     if unknown:
         raise UserError(f"fit() got unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(config_mod.field_names())}")
