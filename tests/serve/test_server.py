@@ -257,3 +257,25 @@ def test_the_page_renders_in_headless_chromium_without_script_errors(server, tmp
     with Image.open(shot) as image:
         low, high = image.convert("L").getextrema()
     assert high - low > 100, "the screenshot is blank"
+
+
+def test_an_image_bomb_upload_is_refused_before_decoding_and_the_server_goes_on(server, digits, tmp_path):
+    """A small PNG that declares 100M pixels (it would take 100 MB or more decoded) gets a 400."""
+    from PIL import Image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (10_000, 10_000)).save(bomb)  # zeros: compresses to a small file
+    assert bomb.stat().st_size < 200_000
+    with open(bomb, "rb") as handle:
+        r = httpx.post(server.url + "/predict", files={"file": ("bomb.png", handle, "image/png")}, timeout=30)
+    assert r.status_code == 400 and "pixels" in r.json()["error"]
+    assert httpx.post(server.url + "/predict", json={"inputs": digits[:2].tolist()}, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [(["{missing}"], "does not exist"), (["{run}", "--port", "99999"], "--port")])
+def test_serve_mistakes_are_one_error_line_and_exit_2(run, tmp_path, argv, fragment):
+    done = subprocess.run([sys.executable, "-m", "dlscale", "serve", *[a.format(missing=tmp_path / "nowhere", run=run) for a in argv]],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], done.stderr

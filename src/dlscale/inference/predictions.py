@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from dlscale.errors import UserError
 from dlscale.inference.inputs import model_inputs, read_npz
@@ -38,8 +39,7 @@ def _rows(model: Model, batch: Any, names: list[str], top: int) -> list[dict[str
     if model.is_regression:
         values = outputs.numpy()
         return [{"input": name, "value": _plain(v)} for name, v in zip(names, values)]
-    probabilities = np.exp(outputs.numpy() - outputs.numpy().max(-1, keepdims=True))
-    probabilities /= probabilities.sum(-1, keepdims=True)
+    probabilities = torch.softmax(outputs, dim=-1).numpy()  # as Model.predict_proba
     rows = []
     for name, p in zip(names, probabilities):
         best = np.argsort(-p)[: max(1, top)]
