@@ -156,3 +156,41 @@ def test_metrics_record_batches_and_waits():
     text = metrics.text()
     assert 'dlscale_batch_size_bucket{le="1"} 0' in text and 'dlscale_batch_size_bucket{le="2"} 1' in text
     assert "dlscale_queue_seconds_count 2" in text and "dlscale_compute_seconds_count 1" in text
+
+
+def test_after_a_batch_of_one_request_a_lone_request_goes_at_once_and_waiting_resumes_under_load():
+    """The delay is a minute: a lone request answered within the 10 s bound went without
+    waiting; one still unanswered after 0.3 s is waiting for company."""
+    gate = threading.Event()
+    model = Recorder(gate)
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch_size=4, max_delay_ms=60_000, max_queue=16)
+        try:
+            gate.set()
+            await asyncio.wait_for(batcher.submit(torch.zeros(4, 1)), 10)  # one request, a full batch
+            await asyncio.wait_for(batcher.submit(torch.ones(1, 1)), 10)  # after a batch of one request: at once
+            gate.clear()
+            model.started.clear()
+            busy = asyncio.ensure_future(batcher.submit(torch.zeros(4, 1)))
+            for _ in range(1000):  # held at the gate; these three queue meanwhile
+                if model.started.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            queued = [asyncio.ensure_future(batcher.submit(torch.ones(1, 1))) for _ in range(3)]
+            await asyncio.sleep(0.05)
+            gate.set()
+            await asyncio.wait_for(asyncio.gather(busy, *queued), 10)  # a batch of three requests
+            lone = asyncio.ensure_future(batcher.submit(torch.ones(1, 1)))
+            done, _ = await asyncio.wait({lone}, timeout=0.3)
+            still_waiting = not done
+            company = [asyncio.ensure_future(batcher.submit(torch.ones(1, 1))) for _ in range(3)]  # fills the batch
+            await asyncio.wait_for(asyncio.gather(lone, *company), 10)
+            return still_waiting
+        finally:
+            gate.set()
+            batcher.close()
+
+    still_waiting = run(main())
+    assert model.sizes == [4, 1, 4, 3, 4]
+    assert still_waiting, "after a batch of several requests, a lone request should wait for a fuller batch"

@@ -35,11 +35,13 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "forecast": ("gpus", "nodes", "global_batch_size", "samples_per_second", "speedup", "efficiency",
                  "step_time_s", "compute_s", "comm_s", "comm_exposed_s", "straggler_s", "overhead_s"),
     "comm": ("op", "bytes", "time_s", "algbw_gbps", "busbw_gbps"),
+    "serve": ("mode", "concurrency", "offered_rate", "predictions_per_second", "latency_p50_ms", "latency_p90_ms",
+              "latency_p99_ms", "errors", "mean_batch_size", "within_p99_bound"),
 }
 KIND_TITLES = {
     "run": "training run", "train": "training benchmark", "infer": "inference benchmark",
     "scaling": "scaling benchmark", "forecast": "scaling forecast", "comm": "communication benchmark",
-    "compute": "compute of a run",
+    "compute": "compute of a run", "serve": "serving benchmark",
 }
 RUN_PROVENANCE_KEYS = ("hostname", "platform", "python", "dlscale", "torch", "cuda", "hip", "driver", "gpu_count")
 
@@ -142,6 +144,9 @@ def _bench_section(item: Item, plot: Plotter) -> str:
         else:
             out.append('<p class="note">no test accuracy (benchmarked without a trained run, --run): '
                        "no speed/accuracy plot</p>")
+    elif item.kind == "serve":
+        out.append(plot("serving", lambda stem: _plots().serving(rows, d.get("p99_bound_ms"), stem),
+                        "serving: predictions/s and p99 latency against load; dotted: the p99 bound"))
     elif item.kind == "scaling":
         mode = d.get("mode") or "measured"
         out.append(plot("scaling", lambda stem: _plots().scaling(rows, [], stem, measured_label=f"measured ({mode} scaling)"),

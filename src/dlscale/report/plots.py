@@ -333,6 +333,47 @@ def speed_accuracy(infer_rows: Sequence[Row], stem: str | Path) -> Path:
     return _save(fig, stem)
 
 
+# --------------------------------------------------------------------------- serving
+
+
+def serving(serve_rows: Sequence[Row], p99_bound_ms: float | None, stem: str | Path) -> Path:
+    """Two panels per load kind: predictions/s and p99 latency against load, the closed loop
+    against concurrent clients, the open loop against offered requests/s; the p99 bound dotted."""
+    kinds = [(mode, [r for r in serve_rows if r.get("mode") == mode and _positive(r.get("predictions_per_second"))])
+             for mode in ("closed", "open")]
+    kinds = [(mode, rows) for mode, rows in kinds if rows]
+    if not kinds:
+        raise ValueError("no serving rows with predictions_per_second")
+    fig = _new_figure(4.6 * len(kinds), 6.4)
+    axes = fig.subplots(2, len(kinds), squeeze=False)
+    for column, (mode, rows) in enumerate(kinds):
+        key = "concurrency" if mode == "closed" else "offered_rate"
+        rows = sorted(rows, key=lambda r: float(r[key]))
+        xs = [float(r[key]) for r in rows]
+        top, bottom = axes[0][column], axes[1][column]
+        top.plot(xs, [float(r["predictions_per_second"]) for r in rows], **_style(column))
+        if mode == "open":  # what was offered, for comparison with what was answered
+            top.plot(xs, xs, linestyle=":", color="#777777", label="offered (1 prediction per request)")
+            top.legend(fontsize=7)
+        top.set_ylabel("predictions/s")
+        top.set_title("closed loop (concurrent clients)" if mode == "closed" else "open loop (Poisson arrivals)", fontsize=10)
+        p99 = [(x, _positive(r.get("latency_p99_ms"))) for x, r in zip(xs, rows)]
+        bottom.plot([x for x, v in p99 if v], [v for x, v in p99 if v], **_style(column))
+        if p99_bound_ms:
+            bottom.axhline(p99_bound_ms, linestyle=":", color="#b2182b", label=f"p99 bound {p99_bound_ms:g} ms")
+            bottom.legend(fontsize=7)
+        bottom.set_yscale("log")
+        _si_log_axis(bottom.yaxis)
+        bottom.set_ylabel("p99 latency (ms, log)")
+        bottom.set_xlabel("concurrent clients" if mode == "closed" else "offered requests/s")
+        if mode == "closed":
+            for ax in (top, bottom):
+                _int_ticks(ax, xs)
+        for ax in (top, bottom):
+            ax.grid(True, alpha=0.3)
+    return _save(fig, stem)
+
+
 # --------------------------------------------------------------------------- compute
 
 

@@ -4,7 +4,7 @@ one that reads them, so no reader guesses what a file is from its keys.
     kind        file (and the --json object of the command)
     summary     <run>/summary.json (train --json)
     hardware    <run>/hardware.json
-    train, infer, comm, scaling
+    train, infer, comm, scaling, serve
                 <bench run>/bench-<kind>.json (bench <kind> --json)
     forecast    forecast --json (``predict --json`` before the rename); a lab's forecast-scaling.json
     compute     compute --json
@@ -32,7 +32,7 @@ from dlscale.runs.files import write_json
 SCHEMA_VERSION = 1
 STAMP_KEYS = ("kind", "schema_version")
 
-BENCH_KINDS = ("train", "infer", "comm", "scaling")
+BENCH_KINDS = ("train", "infer", "comm", "scaling", "serve")
 # what each kind is, in the words of an error message
 KIND_NAMES = {
     "summary": "a run summary (summary.json)",

@@ -4,6 +4,8 @@
     POST /generate  {"prompt": "...", "max_new_tokens": 50, "temperature": 0.8, "top_k": null}
     GET  /health    200 while the process is up
     GET  /ready     200 once the model is loaded and has run one warm-up batch
+    GET  /model     what the model takes and gives, and the batching settings (for clients
+                    such as ``dlscale bench serve``)
     GET  /metrics   Prometheus text
     GET  /          a page to try it from a browser
 
@@ -98,6 +100,22 @@ def create_app(
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "loading"}, status_code=503)
 
+    async def describe(request: Request) -> Response:
+        spec = model.spec
+        return JSONResponse({
+            "model": spec.get("model") or (spec.get("module") or {}).get("import_path"),
+            "input_kind": spec["input_kind"],
+            "input_shape": list(spec["input_shape"]),
+            "num_outputs": spec["num_outputs"],
+            "targets": spec["targets"],
+            "class_names": model.class_names,
+            "device": str(model.device),
+            "precision": model.precision,
+            "max_batch_size": max_batch_size,
+            "max_delay_ms": max_delay_ms,
+            "max_inputs": max_inputs,
+        })
+
     async def metrics_text(request: Request) -> Response:
         pending = f"# HELP dlscale_queue_requests Requests waiting for a batch.\n# TYPE dlscale_queue_requests gauge\ndlscale_queue_requests {batcher.pending}\n"
         return PlainTextResponse(metrics.text() + pending, media_type="text/plain; version=0.0.4")
@@ -125,6 +143,7 @@ def create_app(
         Route("/generate", _counted("/generate", metrics, generate), methods=["POST"]),
         Route("/health", _counted("/health", metrics, health), methods=["GET"]),
         Route("/ready", _counted("/ready", metrics, ready), methods=["GET"]),
+        Route("/model", _counted("/model", metrics, describe), methods=["GET"]),
         Route("/metrics", metrics_text, methods=["GET"]),
         Route("/", page, methods=["GET"]),
     ]
