@@ -189,3 +189,18 @@ def test_a_missing_run_or_a_run_of_an_older_dlscale_says_what_to_do(digits_run, 
     (old / "config.toml").write_text('model = "cnn"\n')
     with pytest.raises(UserError, match="older dlscale"):
         dlscale.load(old)
+
+
+def test_an_npz_whose_header_declares_terabytes_is_refused_before_numpy_allocates(digits_run, tmp_path):
+    """predict and evaluate read .npz files as training does: a 200-byte archive declaring
+    4 Ti floats is one error, not an allocation."""
+    import zipfile
+
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        with archive.open("x.npy", "w") as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": (2**20, 2**20)})
+    model = dlscale.load(digits_run.run_dir, device="cpu")
+    for call in (model.predict, model.evaluate):
+        with pytest.raises(UserError, match="needs about .* TiB of memory"):
+            call(str(path))

@@ -75,7 +75,7 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
         is_zip = zipfile.is_zipfile(file)
     if not is_zip:
         raise UserError(f"{path} is not a readable .npz file (not a zip archive); {HOW_TO_SAVE}")
-    _check_memory(path)
+    check_memory(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in ("x", "y") if key not in archive.files]
@@ -93,7 +93,7 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"{path} is not a readable .npz file ({error}); {HOW_TO_SAVE}") from None
 
 
-def _check_memory(path: Path) -> None:
+def check_memory(path: Path) -> None:
     """Refuse arrays that cannot fit, from the sizes in their .npy headers, before NumPy allocates them."""
     needed = 0
     try:

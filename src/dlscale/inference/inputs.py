@@ -6,6 +6,7 @@ training data was (digits' 0..16 pixels, MNIST's uint8, a photo file)."""
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from dlscale.data import preprocess
 from dlscale.data.guards import require_regular_file
 from dlscale.data.imagefolder import IMAGE_SUFFIXES, image_files_in, read_image
+from dlscale.data.npz import check_memory
 from dlscale.errors import UserError
 
 
@@ -106,6 +108,7 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         with open(path, "rb") as handle:
             if not zipfile.is_zipfile(handle):
                 raise UserError(f"{path} is not an .npz file (not a zip archive); save it with np.savez(path, x=...)")
+        check_memory(path)  # a header may declare terabytes in a few bytes: refused before NumPy allocates
         with np.load(path, allow_pickle=False) as archive:
             if "x" not in archive.files:
                 raise UserError(f"{path} has no array x (it has {sorted(archive.files)}); save it with np.savez(path, x=...)")
@@ -114,5 +117,5 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise
     except ValueError as exc:
         raise UserError(f"{path} holds Python objects or is damaged ({exc}); dlscale does not unpickle") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise UserError(f"{path} is not a readable .npz file ({exc})") from None
