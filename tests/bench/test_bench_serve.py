@@ -147,6 +147,9 @@ def test_bench_serve_starts_a_server_measures_both_loops_and_writes_its_result(r
         (["RUN", "--concurrency", "0"], "--concurrency"),
         (["RUN", "--rates", "fast"], "--rates"),
         (["RUN", "--duration", "0"], "--duration"),
+        (["RUN", "--loops", "closed", "--rates", "10"], "--rates sets the open loop"),
+        (["RUN", "--loops", "open"], "needs --rates"),
+        (["RUN", "--loops", "half-open"], "--loops"),
         (["--url", "http://127.0.0.1:9"], "no answer"),
     ],
 )

@@ -46,6 +46,7 @@ class ServeLoad:
     """What load to send: every setting runs ``warmup`` untimed seconds, then ``duration``
     timed seconds or ``max_requests`` timed requests, whichever ends first."""
 
+    loops: tuple[str, ...] = ("closed", "open")
     concurrencies: tuple[int, ...] = (1, 8, 64)
     rates: tuple[float, ...] | None = None  # requests/s; None: RATE_FRACTIONS of the closed-loop peak
     duration: float = 5.0
@@ -59,6 +60,8 @@ class ServeLoad:
     def check(self) -> None:
         if not self.concurrencies or min(self.concurrencies) < 1 or max(self.concurrencies) > 1024:
             raise UserError("--concurrency values must be between 1 and 1024")
+        if not self.loops or set(self.loops) - {"closed", "open"} or ("closed" not in self.loops and self.rates is None):
+            raise UserError("--loops takes closed, open or both; the open loop alone needs --rates")
         if self.rates is not None and (not self.rates or min(self.rates) <= 0 or max(self.rates) > 1e6):
             raise UserError("--rates must be requests per second above 0 and at most 1000000")
         if not 0 < self.duration <= 3600 or not 0 <= self.warmup <= 600:
@@ -343,15 +346,16 @@ def measure(
     url: str, body: bytes, load: ServeLoad, *, step: Callable[[str, float], None] | None = None,
 ) -> list[dict[str, Any]]:
     """The closed-loop sweep, then the open-loop rates (given, or fractions of the closed
-    loop's peak requests/s): one row per setting."""
+    loop's peak requests/s, which then runs first): one row per setting."""
     rows = []
-    settings: list[tuple[str, float]] = [("closed", c) for c in load.concurrencies]
-    for mode, value in settings:
+    for concurrency in load.concurrencies if "closed" in load.loops else ():
         if step:
-            step(f"closed loop: {value} concurrent clients", load.warmup + load.duration)
+            step(f"closed loop: {concurrency} concurrent clients", load.warmup + load.duration)
         before = _batch_counts(url)
-        tally = asyncio.run(closed_loop(url, body, int(value), load))
-        rows.append(_row("closed", load, tally, before, _batch_counts(url), concurrency=int(value)))
+        tally = asyncio.run(closed_loop(url, body, concurrency, load))
+        rows.append(_row("closed", load, tally, before, _batch_counts(url), concurrency=concurrency))
+    if "open" not in load.loops:
+        return rows
     rates = load.rates
     if rates is None:
         peak = max(r["requests_per_second"] for r in rows)
@@ -401,13 +405,12 @@ def run_bench_serve(
         if server is not None:
             server.stop()
     best = best_rate_under_bound(rows)
-    closed = [r for r in rows if r["mode"] == "closed"]
-    peak = max(closed, key=lambda r: r["predictions_per_second"])
+    peak = max([r for r in rows if r["mode"] == "closed"] or rows, key=lambda r: r["predictions_per_second"])
     result = result_object(
         rows, kind="serve", url=url, run=str(run) if run is not None else None, server=info or None,
         model=info.get("model"), samples_per_request=load.samples_per_request, duration_s=load.duration,
         warmup_s=load.warmup, max_requests=load.max_requests, p99_bound_ms=load.p99_ms,
-        peak_predictions_per_second=peak["predictions_per_second"], peak_concurrency=peak["concurrency"],
+        peak_predictions_per_second=peak["predictions_per_second"], peak_concurrency=peak["concurrency"], peak_offered_rate=peak["offered_rate"],
         max_rate_under_p99=best["offered_rate"] if best else None,
         predictions_per_second_under_p99=best["predictions_per_second"] if best else None,
     )

@@ -33,6 +33,7 @@ def add_parser(subparsers: Any) -> None:
     add("--url", help="a running server instead, such as http://127.0.0.1:8000 (loopback addresses only)")
     add("--concurrency", default="1,8,64", help="closed loop: comma-separated numbers of concurrent clients (default 1,8,64)")
     add("--rates", help="open loop: comma-separated requests/s (default: 25,50,75,90,100,125%% of the closed loop's peak)")
+    add("--loops", default="closed,open", help="which loops to run: closed, open or closed,open (default both)")
     add("--p99-ms", type=float, default=15.0, help="the latency bound (default 15, MLPerf's ResNet-50 server bound)")
     add("--duration", type=float, default=5.0, help="timed seconds per setting (default 5)")
     add("--warmup", type=float, default=1.0, help="untimed seconds before each setting (default 1)")
@@ -64,7 +65,13 @@ def run(args: argparse.Namespace) -> int:
     if args.url and flags:
         raise UserError("--max-batch-size, --max-delay-ms, --max-queue and --device set the server started for RUN; "
                         "with --url, start the server with them instead")
+    loops = {part.strip() for part in args.loops.split(",") if part.strip()}
+    if not loops or loops - {"closed", "open"}:
+        raise UserError(f"--loops takes closed, open or closed,open; got {args.loops!r}")
+    if args.rates and "open" not in loops:
+        raise UserError("--rates sets the open loop; add it to --loops (closed,open)")
     load = ServeLoad(
+        loops=tuple(sorted(loops)),
         concurrencies=tuple(_integers("--concurrency", args.concurrency, ",")),
         rates=tuple(_rates(args.rates)) if args.rates else None,
         duration=args.duration, warmup=args.warmup, max_requests=args.max_requests, p99_ms=args.p99_ms,
@@ -163,9 +170,12 @@ def _table(result: dict[str, Any]):
 
 
 def _verdict(result: dict[str, Any]) -> str:
-    peak = (f"peak: {result['peak_predictions_per_second']:,.1f} predictions/s "
-            f"at {result['peak_concurrency']} concurrent clients")
+    at = (f"{result['peak_concurrency']} concurrent clients" if result["peak_concurrency"] is not None
+          else f"{result['peak_offered_rate']:g} requests/s offered")
+    peak = f"peak: {result['peak_predictions_per_second']:,.1f} predictions/s at {at}"
     bound = result["p99_bound_ms"]
+    if not any(r["mode"] == "open" for r in result["results"]):
+        return peak
     if result["max_rate_under_p99"] is None:
         return f"{peak}; no open-loop rate kept p99 under {bound:g} ms without errors"
     return (f"{peak}; highest rate with p99 under {bound:g} ms: {result['max_rate_under_p99']:g} requests/s "
