@@ -128,7 +128,7 @@ def test_bench_serve_starts_a_server_measures_both_loops_and_writes_its_result(r
         assert row["errors"] == 0 and row["requests"] > 0
         assert row["predictions_per_second"] == pytest.approx(row["requests"] / row["seconds"])
         assert row["latency_p50_ms"] <= row["latency_p90_ms"] <= row["latency_p99_ms"] <= row["latency_max_ms"]
-        assert row["mean_batch_size"] >= 1  # read from the server's /metrics
+        assert row["mean_batch_size"] >= 1 and 0 < row["model_busy"] < 1  # read from the server's /metrics
     assert rows[0]["mean_batch_size"] == 1  # one client: every batch holds its one request
     assert result["max_rate_under_p99"] == 20.0  # a 1 s bound at 20 requests/s
     assert "highest rate with p99 under 1000 ms: 20 requests/s" in proc.stderr

@@ -39,6 +39,15 @@ SCALING_ROWS = [
 ]
 PREDICT_ROWS = [{"gpus": n, "nodes": max(1, n // 8), "speedup": n * e, "efficiency": e, "samples_per_second": 300 * n * e}
                 for n, e in ((1, 1.0), (2, 0.96), (4, 0.95), (8, 0.94), (16, 0.8))]
+SERVE_ROWS = [
+    {"mode": "closed", "concurrency": c, "offered_rate": None, "predictions_per_second": pps, "latency_p50_ms": p99 / 2,
+     "latency_p99_ms": p99, "errors": 0, "mean_batch_size": b, "model_busy": 0.3, "within_p99_bound": p99 <= 15}
+    for c, pps, p99, b in ((1, 300, 7.0, 1.0), (8, 640, 17.0, 7.9), (64, 1400, 148.0, 30.0))
+] + [
+    {"mode": "open", "concurrency": None, "offered_rate": r, "predictions_per_second": min(r, 1400), "latency_p50_ms": p99 / 2,
+     "latency_p99_ms": p99, "errors": 0, "mean_batch_size": 2.0, "model_busy": 0.2, "within_p99_bound": p99 <= 15}
+    for r, p99 in ((350, 8.0), (700, 12.0), (1400, 90.0))
+]
 METRICS = [{"kind": "train", "step": s, "epoch": s // 10, "loss": 2.3 / s ** 0.5} for s in range(1, 31)] + [
     {"kind": "val", "step": s, "epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 0.9 / (e + 1), "val_accuracy": a}
     for s, e, a in ((10, 0, 0.8), (20, 1, 0.88), (30, 2, 0.91))
@@ -65,6 +74,8 @@ def _check_figure(png: Path) -> None:
         ("scaling-predicted", lambda stem: plots.scaling([], PREDICT_ROWS, stem)),
         ("predictions", lambda stem: plots.predictions_per_device(INFER_ROWS, stem)),
         ("speed-accuracy", lambda stem: plots.speed_accuracy(INFER_ROWS, stem)),
+        ("serving", lambda stem: plots.serving(SERVE_ROWS, 15.0, stem)),
+        ("serving-closed-only", lambda stem: plots.serving(SERVE_ROWS[:3], None, stem)),
         ("compute", lambda stem: plots.compute_chart([("mlp digits", 2026, 2e-11), ("big", 2025, 3.0)], stem)),
     ],
 )
@@ -81,6 +92,20 @@ def test_plot_with_nothing_to_draw_is_a_value_error(tmp_path):
         plots.speed_accuracy([{**r, "test_accuracy": None} for r in INFER_ROWS], tmp_path / "y")
     with pytest.raises(ValueError):
         plots.scaling([], [], tmp_path / "z")
+    with pytest.raises(ValueError):
+        plots.serving([{**r, "predictions_per_second": 0} for r in SERVE_ROWS], 15.0, tmp_path / "s")
+
+
+def test_a_serving_benchmark_gets_its_section_table_and_figure(tmp_path):
+    result = tmp_path / "bench-serve.json"
+    result.write_text(json.dumps({"kind": "serve", "schema_version": 1, "url": "http://127.0.0.1:8000", "p99_bound_ms": 15.0,
+                                  "max_rate_under_p99": 700, "provenance": {"dlscale": "x"}, "results": SERVE_ROWS}))
+    from dlscale.report.html import build_report
+
+    text = build_report([result], tmp_path / "r.html").read_text()
+    assert "serving benchmark" in text and "max_rate_under_p99" in text
+    assert 'alt="serving: predictions/s and p99 latency against load' in text
+    assert text.count("<tr>") >= len(SERVE_ROWS) + 1 and "mean_<wbr>batch_<wbr>size" in text
 
 
 # --------------------------------------------------------------------------- the HTML report

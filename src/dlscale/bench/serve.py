@@ -322,24 +322,24 @@ async def open_loop(url: str, body: bytes, rate: float, load: ServeLoad) -> _Tal
 
 
 def _batch_counts(url: str) -> tuple[float, float] | None:
-    """(samples, batches) the server has run so far, from a dlscale server's /metrics."""
+    """(samples, batches, model seconds) the server has run so far, from a dlscale server's /metrics."""
     try:
         status, text = _http("GET", url + "/metrics", timeout=10)
     except OSError:
         return None
     if status != 200:
         return None
-    found = dict(re.findall(r"^dlscale_batch_size_(sum|count) (\S+)$", text, re.M))
-    if "sum" not in found or "count" not in found:
+    found = dict(re.findall(r"^dlscale_(batch_size_sum|batch_size_count|compute_seconds_sum) (\S+)$", text, re.M))
+    if len(found) < 3:
         return None
-    return float(found["sum"]), float(found["count"])
+    return float(found["batch_size_sum"]), float(found["batch_size_count"]), float(found["compute_seconds_sum"])
 
 
 def _row(mode: str, load: ServeLoad, tally: _Tally, before: tuple | None, after: tuple | None, **what: Any) -> dict[str, Any]:
     answered = len(tally.latencies)
     seconds = max((tally.last or tally.first or 0.0) - (tally.first or 0.0), 1e-9)
     ms = [1000.0 * t for t in tally.latencies]
-    batches = after[1] - before[1] if before and after else 0
+    batches = after[1] - before[1] if before and after else 0  # warm-up included
     p99 = percentile(ms, 99) if ms else None
     errors = sum(tally.errors.values())
     return {
@@ -357,6 +357,8 @@ def _row(mode: str, load: ServeLoad, tally: _Tally, before: tuple | None, after:
         "latency_p99_ms": p99,
         "latency_max_ms": max(ms) if ms else None,
         "mean_batch_size": (after[0] - before[0]) / batches if batches > 0 else None,
+        # the share of the wall time the model computed: far below 1 at the peak, the HTTP side is the limit
+        "model_busy": (after[2] - before[2]) / what["elapsed"] if before and after and what.get("elapsed") else None,
         "within_p99_bound": p99 is not None and p99 <= load.p99_ms and errors == 0,
     }
 
@@ -370,9 +372,10 @@ def measure(
     for concurrency in load.concurrencies if "closed" in load.loops else ():
         if step:
             step(f"closed loop: {concurrency} concurrent clients", load.warmup + load.duration)
-        before = _batch_counts(url)
+        before, started = _batch_counts(url), time.perf_counter()
         tally = asyncio.run(closed_loop(url, body, concurrency, load))
-        rows.append(_row("closed", load, tally, before, _batch_counts(url), concurrency=concurrency))
+        elapsed = time.perf_counter() - started  # warm-up included, as in the server's counts
+        rows.append(_row("closed", load, tally, before, _batch_counts(url), concurrency=concurrency, elapsed=elapsed))
     if "open" not in load.loops:
         return rows
     rates = load.rates
@@ -382,9 +385,10 @@ def measure(
     for rate in rates:
         if step:
             step(f"open loop: {rate:g} requests/s", load.warmup + load.duration)
-        before = _batch_counts(url)
+        before, started = _batch_counts(url), time.perf_counter()
         tally = asyncio.run(open_loop(url, body, rate, load))
-        rows.append(_row("open", load, tally, before, _batch_counts(url), rate=rate))
+        elapsed = time.perf_counter() - started
+        rows.append(_row("open", load, tally, before, _batch_counts(url), rate=rate, elapsed=elapsed))
     return rows
 
 

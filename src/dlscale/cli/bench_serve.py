@@ -157,14 +157,16 @@ def _table(result: dict[str, Any]):
 
     table = Table(title=f"serving: {result.get('model') or result['url']} at {result['url']}",
                   box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
-    for name in ("load", "pred/s", "p50 ms", "p90 ms", "p99 ms", "errors", "batch"):
+    for name in ("load", "pred/s", "p50 ms", "p90 ms", "p99 ms", "errors", "batch", "model busy"):
         table.add_column(name, justify="left" if name == "load" else "right")
     for row in result["results"]:
         load = f"{row['concurrency']} clients" if row["mode"] == "closed" else f"{row['offered_rate']:g} req/s"
         table.add_row(
             load, _number(row["predictions_per_second"]), _number(row["latency_p50_ms"], 2),
             _number(row["latency_p90_ms"], 2), _number(row["latency_p99_ms"], 2), str(row["errors"]),
-            _number(row["mean_batch_size"], 2), style=None if row["within_p99_bound"] else "dim",
+            _number(row["mean_batch_size"], 2),
+            "—" if row["model_busy"] is None else f"{100 * row['model_busy']:.0f}%",
+            style=None if row["within_p99_bound"] else "dim",
         )
     return table
 

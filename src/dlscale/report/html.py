@@ -36,7 +36,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                  "step_time_s", "compute_s", "comm_s", "comm_exposed_s", "straggler_s", "overhead_s"),
     "comm": ("op", "bytes", "time_s", "algbw_gbps", "busbw_gbps"),
     "serve": ("mode", "concurrency", "offered_rate", "predictions_per_second", "latency_p50_ms", "latency_p90_ms",
-              "latency_p99_ms", "errors", "mean_batch_size", "within_p99_bound"),
+              "latency_p99_ms", "errors", "mean_batch_size", "model_busy", "within_p99_bound"),
 }
 KIND_TITLES = {
     "run": "training run", "train": "training benchmark", "infer": "inference benchmark",
