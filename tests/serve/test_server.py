@@ -126,6 +126,14 @@ def test_concurrent_requests_are_batched_and_all_answered_correctly(server, run,
     assert batches > alone, "no batch held more than one sample"
 
 
+def test_model_describes_inputs_outputs_and_batching(server, run):
+    info = httpx.get(server.url + "/model", timeout=10).json()
+    model = dlscale.load(run)
+    assert info["model"] == "cnn" and info["input_shape"] == [1, 8, 8] and info["input_kind"] == "image"
+    assert info["num_outputs"] == 10 and info["targets"] == "classes" and info["precision"] == model.precision
+    assert info["max_batch_size"] == 32 and info["max_delay_ms"] == 50 and info["max_inputs"] == 64
+
+
 def test_metrics_are_prometheus_text(server):
     httpx.get(server.url + "/health", timeout=10)
     r = httpx.get(server.url + "/metrics", timeout=10)
@@ -272,7 +280,9 @@ def test_an_image_bomb_upload_is_refused_before_decoding_and_the_server_goes_on(
     assert httpx.post(server.url + "/predict", json={"inputs": digits[:2].tolist()}, timeout=30).status_code == 200
 
 
-@pytest.mark.parametrize(("argv", "fragment"), [(["{missing}"], "does not exist"), (["{run}", "--port", "99999"], "--port")])
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["{missing}"], "does not exist"), (["{run}", "--port", "99999"], "--port"), (["{run}", "--precision", "int4"], "--precision"),
+])
 def test_serve_mistakes_are_one_error_line_and_exit_2(run, tmp_path, argv, fragment):
     done = subprocess.run([sys.executable, "-m", "dlscale", "serve", *[a.format(missing=tmp_path / "nowhere", run=run) for a in argv]],
                           capture_output=True, text=True, timeout=60)

@@ -22,6 +22,7 @@ def serve(
     max_body_mb: float = 8.0,
     max_inputs: int = 1024,
     device: str = "auto",
+    precision: str = "auto",
 ) -> None:
     import uvicorn
 
@@ -34,12 +35,15 @@ def serve(
         raise UserError("--max-delay-ms must be at least 0 and --max-body-mb above 0")
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {port}")
-    model = dlscale.load(run_dir, device=device)
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UserError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    model = dlscale.load(run_dir, device=device, precision=precision)
     app = create_app(model, max_batch_size, max_delay_ms, max_queue, max_body_mb, max_inputs)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     print(
-        f"dlscale: serving {run_dir} at http://{host}:{port} (batch up to {max_batch_size}, delay {max_delay_ms:g} ms)",
+        f"dlscale: serving {run_dir} at http://{host}:{port} on {model.device} in {model.precision} "
+        f"(batch up to {max_batch_size}, delay {max_delay_ms:g} ms)",
         file=sys.stderr, flush=True,
     )
     stops: list[int] = []
