@@ -77,8 +77,9 @@ def run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(run, tmp_path_factory):
+    precision = dlscale.load(run).precision  # the answers are compared with dlscale.load's, in the run's precision
     s = Server(run, tmp_path_factory.mktemp("serve-log") / "server.log",
-               "--max-delay-ms", "50", "--max-body-mb", "0.1", "--max-inputs", "64")
+               "--max-delay-ms", "50", "--max-body-mb", "0.1", "--max-inputs", "64", "--precision", precision)
     yield s
     s.stop()
 
@@ -132,6 +133,8 @@ def test_model_describes_inputs_outputs_and_batching(server, run):
     assert info["model"] == "cnn" and info["input_shape"] == [1, 8, 8] and info["input_kind"] == "image"
     assert info["num_outputs"] == 10 and info["targets"] == "classes" and info["precision"] == model.precision
     assert info["max_batch_size"] == 32 and info["max_delay_ms"] == 50 and info["max_inputs"] == 64
+    assert info["settings"]["precision"] == model.precision and info["settings"]["compiled"] is False
+    assert "as asked" in info["settings"]["reason"]
 
 
 def test_metrics_are_prometheus_text(server):

@@ -46,7 +46,8 @@ def add_parser(subparsers: Any) -> None:
     served.add_argument("--max-delay-ms", type=float, help="longest the oldest request waits for a fuller batch (serve's default 5)")
     served.add_argument("--max-queue", type=int, help="requests that may wait before 503 (serve's default 1024)")
     served.add_argument("--device", help="auto, cpu, cuda or cuda:N (serve's default auto)")
-    served.add_argument("--precision", help="auto, fp32, bf16 or fp16 (serve's default auto: the run's)")
+    served.add_argument("--precision", help="auto, fp32, bf16 or fp16 (serve's default auto: measured)")
+    served.add_argument("--compile", choices=("auto", "on", "off"), help="serve's --compile (default auto)")
     add("--run-dir", metavar="DIR", help="where to write the result (default runs/<UTC-time>-bench-serve-<model>)")
     add("--json", action="store_true", help="print the result object as the last line of stdout")
     p.set_defaults(handler=run)
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give RUN (a run directory to serve here) or --url (a running server), not both or neither")
     flags = _server_flags(args)
     if args.url and flags:
-        raise UserError("--max-batch-size, --max-delay-ms, --max-queue, --device and --precision set the server started for RUN; "
+        raise UserError("--max-batch-size, --max-delay-ms, --max-queue, --device, --precision and --compile set the server started for RUN; "
                         "with --url, start the server with them instead")
     loops = {part.strip() for part in args.loops.split(",") if part.strip()}
     if not loops or loops - {"closed", "open"}:
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _server_flags(args: argparse.Namespace) -> list[str]:
     flags = []
-    for name in ("max_batch_size", "max_delay_ms", "max_queue", "device", "precision"):
+    for name in ("max_batch_size", "max_delay_ms", "max_queue", "device", "precision", "compile"):
         value = getattr(args, name)
         if value is not None:
             flags += ["--" + name.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]

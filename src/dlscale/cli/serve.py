@@ -30,7 +30,10 @@ def add_parser(subparsers: Any) -> None:
     add("--max-body-mb", type=float, default=8.0, help="largest request body in MiB; larger get 413 (default 8)")
     add("--max-inputs", type=int, default=1024, help="most samples in one request; more get 413 (default 1024)")
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    add("--precision", default="auto", help="auto (the run's, where the device supports it, else fp32), fp32, bf16 or fp16")
+    add("--precision", default="auto", help="auto (measured at start-up: bf16/fp16 only when at least 10%% faster than "
+        "fp32 and giving fp32's class for 99%% of samples), fp32, bf16 or fp16")
+    add("--compile", default="auto", choices=("auto", "on", "off"), help="torch.compile the model (CUDA graphs on CUDA); "
+        "auto: on CUDA when measured 10%% faster, never on a CPU (default auto)")
     p.set_defaults(handler=run)
 
 
@@ -40,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
     serve(
         args.run_dir, host=args.host, port=args.port, max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms,
         max_queue=args.max_queue, max_body_mb=args.max_body_mb, max_inputs=args.max_inputs, device=args.device,
-        precision=args.precision,
+        precision=args.precision, compile=args.compile,
     )
     return 0

@@ -35,6 +35,7 @@ from dlscale.inference.inputs import model_inputs
 from dlscale.inference.model import Model
 from dlscale.serve.batcher import DynamicBatcher, QueueFull
 from dlscale.serve.metrics import Metrics
+from dlscale.serve.settings import ServingSettings, run_padded
 
 MAX_NEW_TOKENS = 2048
 MAX_IMAGE_PIXELS = 50_000_000  # a small file can declare a huge image: refuse before decoding
@@ -54,9 +55,14 @@ def create_app(
     max_queue: int = 1024,
     max_body_mb: float = 8.0,
     max_inputs: int = 1024,
+    settings: ServingSettings | None = None,
 ) -> Starlette:
+    """The app around ``model``, run as ``settings`` decided (``serve.settings.resolve``;
+    None: eager, in the model's precision)."""
+    settings = settings or ServingSettings(model.precision, False, None, reason="as loaded")
     metrics = Metrics()
-    batcher = DynamicBatcher(_batch_runner(model), max_batch_size, max_delay_ms, max_queue, metrics)
+    run_batch = _batch_runner(model, settings)
+    batcher = DynamicBatcher(run_batch, max_batch_size, max_delay_ms, max_queue, metrics)
     max_body = int(max_body_mb * 1024 * 1024)
     state = {"ready": False}
 
@@ -70,7 +76,7 @@ def create_app(
             raise HTTPError(413, f"{len(x)} samples in one request; at most {max_inputs} (--max-inputs)")
         try:
             if model.is_language_model:  # prompts of other lengths cannot share a batch
-                out = await batcher.run_in_worker(_batch_runner(model), x)
+                out = await batcher.run_in_worker(run_batch, x)
             else:
                 out = await batcher.submit(x)
         except QueueFull as exc:
@@ -111,6 +117,7 @@ def create_app(
             "class_names": model.class_names,
             "device": str(model.device),
             "precision": model.precision,
+            "settings": settings.describe(),
             "max_batch_size": max_batch_size,
             "max_delay_ms": max_delay_ms,
             "max_inputs": max_inputs,
@@ -128,7 +135,7 @@ def create_app(
         async def warm_up() -> None:
             shape = (1, *model.spec["input_shape"])
             x = torch.zeros(shape, dtype=torch.long if model.is_language_model else torch.float32)
-            await batcher.run_in_worker(_batch_runner(model), x)
+            await batcher.run_in_worker(run_batch, x)
             state["ready"] = True
 
         task = asyncio.get_running_loop().create_task(warm_up())
@@ -170,11 +177,11 @@ def _counted(endpoint: str, metrics: Metrics, handler: Callable[[Request], Await
     return wrapped
 
 
-def _batch_runner(model: Model) -> Callable[[torch.Tensor], torch.Tensor]:
+def _batch_runner(model: Model, settings: ServingSettings) -> Callable[[torch.Tensor], torch.Tensor]:
     """Model batch -> class probabilities (classifiers, next tokens) or values (regression)."""
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        out = model.outputs_of(x, prepared=True, batch_size=max(len(x), 1))
+        out = run_padded(model, x, settings)
         return out if model.is_regression else torch.softmax(out, dim=-1)
 
     return run

@@ -23,11 +23,13 @@ def serve(
     max_inputs: int = 1024,
     device: str = "auto",
     precision: str = "auto",
+    compile: str = "auto",
 ) -> None:
     import uvicorn
 
     import dlscale
     from dlscale.serve.app import create_app
+    from dlscale.serve.settings import resolve
 
     if max_batch_size < 1 or max_queue < 1 or max_inputs < 1:
         raise UserError("--max-batch-size, --max-queue and --max-inputs must be at least 1")
@@ -35,15 +37,18 @@ def serve(
         raise UserError("--max-delay-ms must be at least 0 and --max-body-mb above 0")
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {port}")
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise UserError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if precision not in ("auto", "fp32", "bf16", "fp16") or compile not in ("auto", "on", "off"):
+        raise UserError(f"--precision takes auto, fp32, bf16 or fp16 and --compile auto, on or off; got {precision!r} and {compile!r}")
     model = dlscale.load(run_dir, device=device, precision=precision)
-    app = create_app(model, max_batch_size, max_delay_ms, max_queue, max_body_mb, max_inputs)
+    say = lambda text: print(f"dlscale: {text}", file=sys.stderr, flush=True)  # noqa: E731
+    settings = resolve(model, max_batch_size, precision, compile, note=say)
+    say(f"settings: {settings.reason}")
+    app = create_app(model, max_batch_size, max_delay_ms, max_queue, max_body_mb, max_inputs, settings)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     print(
-        f"dlscale: serving {run_dir} at http://{host}:{port} on {model.device} in {model.precision} "
-        f"(batch up to {max_batch_size}, delay {max_delay_ms:g} ms)",
+        f"dlscale: serving {run_dir} at http://{host}:{port} on {model.device} in {model.precision}"
+        f"{', compiled' if settings.compiled else ''} (batch up to {max_batch_size}, delay {max_delay_ms:g} ms)",
         file=sys.stderr, flush=True,
     )
     stops: list[int] = []
