@@ -3,9 +3,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import TensorDataset
-
 from dlscale.data import DataSpec, load_data
+from dlscale.data.batches import BatchOrder, eval_batches, first_samples, train_batches
+from dlscale.data.text import TokenWindows
 from dlscale.errors import UserError
 
 TOKENS = DataSpec("tokens", (32,), 256)
@@ -23,7 +23,7 @@ def test_bytes_become_next_token_windows_split_90_5_5(tmp_path):
     assert (splits.kind, splits.input_shape, splits.num_classes) == ("tokens", (32,), 256)
     # 9000 / 500 / 500 bytes, cut into windows of 33
     assert (len(splits.train), len(splits.val), len(splits.test)) == (9000 // 33, 500 // 33, 500 // 33)
-    assert isinstance(splits.train, TensorDataset)
+    assert isinstance(splits.train, TokenWindows) and isinstance(splits.train.tokens, np.memmap)
     x, y = splits.train[1]
     assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (32,)
     assert x.tolist() == list(raw[33:65]) and y.tolist() == list(raw[34:66])
@@ -35,13 +35,13 @@ def test_sequence_length_is_128_when_the_model_wants_images(tmp_path):
     write_text(tmp_path / "book.txt", 5_000)
     splits = load_data(str(tmp_path / "book.txt"), DataSpec("image", (1, 8, 8), 10))
     assert splits.kind == "tokens" and splits.input_shape == (128,) and splits.num_classes == 256
-    assert splits.train.tensors[0].shape == (4500 // 129, 128)
+    assert first_samples(splits.train, 1000)[0].shape == (4500 // 129, 128)
 
 
 def test_any_utf8_file_is_text(tmp_path):
     (tmp_path / "notes.md").write_text("héllo wörld, ünïcode → bytes\n" * 40)
     splits = load_data(str(tmp_path / "notes.md"), TOKENS)
-    assert splits.train.tensors[0].max() > 127  # UTF-8 multi-byte characters are several byte tokens
+    assert first_samples(splits.train, 1000)[0].max() > 127  # UTF-8 multi-byte characters are several byte tokens
 
 
 def test_val_and_test_too_short_for_a_window_are_none(tmp_path):
@@ -74,10 +74,36 @@ def test_binary_file_that_is_not_text_is_a_user_error(tmp_path):
         load_data(str(path), TOKENS)
 
 
-def test_text_larger_than_memory_is_refused_before_reading(tmp_path):
+def test_a_batch_is_cut_from_the_file_as_its_windows_are(tmp_path):
+    """Training and evaluation gather whole batches from the memory map: the same windows,
+    in the same order, as indexing one sample at a time."""
+    write_text(tmp_path / "book.txt", 10_000)
+    train = load_data(str(tmp_path / "book.txt"), TOKENS).train
+    order = BatchOrder(num_samples=len(train), global_batch=8, seed=3)
+    permutation = order.permutation(0)
+    for step, (x, y) in enumerate(train_batches(train, order, epoch=0)):
+        index = order.local_indices(permutation, step)
+        assert torch.equal(x, torch.stack([train[int(i)][0] for i in index]))
+        assert torch.equal(y, torch.stack([train[int(i)][1] for i in index]))
+    assert step == len(train) // 8 - 1
+    seen = torch.cat([x for x, _ in eval_batches(train, 10)])
+    assert torch.equal(seen, torch.stack([train[i][0] for i in range(len(train))]))
+
+
+def test_text_larger_than_memory_is_memory_mapped_not_read(tmp_path):
+    """A sparse file twice this machine's memory loads at once and yields batches: the bytes
+    are never read whole, so resident memory stays far below the file's size."""
+    import resource
+
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     path = tmp_path / "huge.txt"
     with open(path, "wb") as file:
-        file.truncate(2 * physical)  # sparse: takes no disk, but its tokens would fill memory 50 times over
-    with pytest.raises(UserError, match=r"huge\.txt as byte tokens needs about .* of memory but only .* is available"):
-        load_data(str(path), TOKENS)
+        file.truncate(2 * physical)  # sparse: no disk taken, reads as zero bytes
+    splits = load_data(str(path), TOKENS)
+    assert len(splits.train) == (2 * physical * 9 // 10) // 33
+    x, y = first_samples(splits.train, 64)
+    assert x.shape == (64, 32) and int(x.max()) == 0
+    last = splits.train[len(splits.train) - 1][0]  # the far end of the file
+    assert last.shape == (32,)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert peak_kib * 1024 < physical / 4, f"peak resident memory {peak_kib} KiB for a {2 * physical} byte file"

@@ -51,12 +51,21 @@ def _tensors(dataset: Dataset) -> tuple[torch.Tensor, ...] | None:
     return dataset.tensors if isinstance(dataset, TensorDataset) else None
 
 
+def _gather(dataset: Dataset):
+    """A dataset that cuts a whole batch at once (``gather(index)``, e.g. memory-mapped text
+    windows) is indexed like in-memory data: one call per batch, no worker processes."""
+    return getattr(dataset, "gather", None)
+
+
 def first_samples(dataset: Dataset, n: int) -> Batch:
     """The first ``n`` samples as one batch: real inputs for counting FLOPs, for timing
     settings, and to keep an idle worker's collectives in step."""
     tensors = _tensors(dataset)
     if tensors is not None:
         return tensors[0][:n], tensors[1][:n]
+    gather = _gather(dataset)
+    if gather is not None:
+        return gather(torch.arange(min(n, len(dataset))))
     pairs = [dataset[i] for i in range(min(n, len(dataset)))]
     return torch.stack([torch.as_tensor(p[0]) for p in pairs]), torch.stack([torch.as_tensor(p[1]) for p in pairs])
 
@@ -73,6 +82,11 @@ def train_batches(
             index = order.local_indices(permutation, step)
             yield tensors[0][index], tensors[1][index]
         return
+    gather = _gather(dataset)
+    if gather is not None:
+        for step in steps:
+            yield gather(order.local_indices(permutation, step))
+        return
     batch_lists = [order.local_indices(permutation, step).tolist() for step in steps]
     yield from DataLoader(dataset, batch_sampler=batch_lists, num_workers=workers)
 
@@ -88,6 +102,11 @@ def eval_batches(
         for start in range(lo, hi, batch_size):
             stop = min(start + batch_size, hi)
             yield tensors[0][start:stop], tensors[1][start:stop]
+        return
+    gather = _gather(dataset)
+    if gather is not None:
+        for start in range(lo, hi, batch_size):
+            yield gather(torch.arange(start, min(start + batch_size, hi)))
         return
     batch_lists = [list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size)]
     yield from DataLoader(dataset, batch_sampler=batch_lists, num_workers=workers)

@@ -2,6 +2,11 @@
 
 The byte stream is cut contiguously 90/5/5 into train/val/test, and each part
 into non-overlapping windows of seq_len + 1 bytes: x = window[:-1], y = window[1:].
+
+The file is memory-mapped, never read whole: a byte is a token (uint8, nanoGPT's .bin
+idea with the file itself as the .bin), windows are cut when a batch asks for them, and
+only the batch becomes int64. A text larger than memory trains with the resident memory
+of the model and the pages the batches touch (which the kernel can drop again).
 """
 
 from __future__ import annotations
@@ -11,17 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset
 
 from dlscale.data import preprocess
-from dlscale.data.guards import require_memory, require_regular_file
+from dlscale.data.guards import require_regular_file
 from dlscale.data.splits import Splits
 from dlscale.errors import UserError
 
 VOCAB_SIZE = 256
 SNIFF_BYTES = 1 << 16
-# Memory per byte of text while the windows are cut: the bytes, an int64 copy, int64 x and y.
-LOAD_BYTES_PER_BYTE = 1 + 8 + 16
 
 
 def is_text_file(path: Path) -> bool:
@@ -42,14 +45,11 @@ def load_text(path: Path, name: str, seq_len: int) -> Splits:
     """Windows of seq_len + 1 bytes from a contiguous 90/5/5 split of the file."""
     require_regular_file(path)
     try:
-        require_memory(
-            path.stat().st_size * LOAD_BYTES_PER_BYTE,
-            f"{path} as byte tokens",
-            "use a machine with more memory or a shorter text",
-        )
-        data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
-    except OSError as error:
-        raise UserError(f"cannot read {path} ({error.strerror}); check the path and its permissions") from None
+        size = path.stat().st_size
+        data = np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise UserError(f"cannot read {path} ({reason}); check the path and its permissions") from None
     window = seq_len + 1
     train_end = len(data) * 9 // 10
     val_end = len(data) * 19 // 20
@@ -71,10 +71,30 @@ def load_text(path: Path, name: str, seq_len: int) -> Splits:
     )
 
 
-def _windows(part: np.ndarray, window: int) -> TensorDataset | None:
+class TokenWindows(Dataset):
+    """Non-overlapping windows of ``window`` tokens over ``tokens`` (a memory map), as (x, y)
+    next-token pairs of int64. ``gather`` cuts a whole batch with one vectorised index."""
+
+    def __init__(self, tokens: np.ndarray, window: int):
+        self.tokens, self.window = tokens, window
+        self.count = len(tokens) // window
+        self._offsets = np.arange(window)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -self.count <= i < self.count:
+            raise IndexError(f"window {i} of {self.count}")
+        x, y = self.gather(torch.tensor([i % self.count]))
+        return x[0], y[0]
+
+    def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = np.asarray(index, dtype=np.int64) * self.window
+        windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        return windows[:, :-1], windows[:, 1:]
+
+
+def _windows(part: np.ndarray, window: int) -> TokenWindows | None:
     """(x, y) next-token pairs from non-overlapping windows; None when the part holds no full window."""
-    count = len(part) // window
-    if count == 0:
-        return None
-    tokens = part[: count * window].reshape(count, window).astype(np.int64)
-    return TensorDataset(torch.from_numpy(tokens[:, :-1].copy()), torch.from_numpy(tokens[:, 1:].copy()))
+    return TokenWindows(part, window) if len(part) >= window else None
