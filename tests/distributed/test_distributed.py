@@ -28,19 +28,33 @@ def close(a: float, b: float, rel: float = 1e-4) -> bool:
     return abs(a - b) <= rel * abs(b)
 
 
-def test_two_workers_end_with_the_loss_of_one(tmp_path):
-    one = summary_of(run_cli([*MLP, "--run-dir", "one", "--json"], cwd=tmp_path))
-    two = summary_of(run_cli([*MLP, "--nproc", "2", "--run-dir", "two", "--json"], cwd=tmp_path))
+@pytest.fixture(scope="module")
+def mlp_one(tmp_path_factory) -> dict:
+    """The summary of MLP in one process: the loss several tests compare their workers with.
+    Shared by the module, so it is trained once."""
+    return summary_of(run_cli([*MLP, "--run-dir", "one", "--json"], cwd=tmp_path_factory.mktemp("mlp-one")))
+
+
+@pytest.fixture(scope="module")
+def mlp_two(tmp_path_factory) -> tuple[dict, Path]:
+    """The summary and run directory of MLP on two workers (DDP), trained once for the module."""
+    where = tmp_path_factory.mktemp("mlp-two")
+    return summary_of(run_cli([*MLP, "--nproc", "2", "--run-dir", "two", "--json"], cwd=where)), where / "two"
+
+
+def test_two_workers_end_with_the_loss_of_one(mlp_one, mlp_two):
+    one = mlp_one
+    two, two_dir = mlp_two
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert close(two["final_loss"], one["final_loss"]) and close(two["test_loss"], one["test_loss"])
     assert two["test_accuracy"] == one["test_accuracy"]  # every test sample counted once
-    logs = list((tmp_path / "two" / "logs").rglob("stderr.log"))
+    logs = list((two_dir / "logs").rglob("stderr.log"))
     assert len(logs) == 2  # each worker's own log file
-    assert 'nproc = 2' in (tmp_path / "two" / "config.toml").read_text()
+    assert 'nproc = 2' in (two_dir / "config.toml").read_text()
 
 
-def test_fsdp_trains_like_ddp(tmp_path):
-    ddp = summary_of(run_cli([*MLP, "--nproc", "2", "--run-dir", "ddp", "--json"], cwd=tmp_path))
+def test_fsdp_trains_like_ddp(tmp_path, mlp_two):
+    ddp = mlp_two[0]  # MLP on two workers with the default strategy, ddp
     fsdp = summary_of(run_cli([*MLP, "--nproc", "2", "--strategy", "fsdp", "--run-dir", "fsdp", "--json"], cwd=tmp_path))
     assert close(fsdp["final_loss"], ddp["final_loss"]) and fsdp["test_accuracy"] == ddp["test_accuracy"]
     # the shards are gathered into one portable model.safetensors, which reproduces the run's test loss
@@ -60,13 +74,21 @@ def test_torchrun_runs_the_worker_without_launching_again(tmp_path):
     assert summary["world_size"] == 2 and not (tmp_path / "tr" / "logs").exists()
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_a_checkpoint_of_two_workers_resumes_with_another_number(tmp_path, workers):
+@pytest.fixture(scope="module")
+def two_worker_run(tmp_path_factory) -> tuple[dict, Path]:
+    """A finished run of two workers with a checkpoint at step 10 and 20: its summary and
+    directory. Trained once; each case below resumes a copy of it."""
     args = ["train", "--model", "mlp", "--max-steps", "20", "--batch-size", "96", "--checkpoint-every", "10",
             "--keep-checkpoints", "0", "--seed", "2", "--precision", "fp32"]
-    whole = summary_of(run_cli([*args, "--nproc", "2", "--run-dir", "whole", "--json"], cwd=tmp_path))
+    where = tmp_path_factory.mktemp("two-worker-run")
+    return summary_of(run_cli([*args, "--nproc", "2", "--run-dir", "whole", "--json"], cwd=where)), where / "whole"
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_checkpoint_of_two_workers_resumes_with_another_number(tmp_path, workers, two_worker_run):
+    whole, whole_dir = two_worker_run
     # make an interrupted copy: as if the run had died after step 10
-    shutil.copytree(tmp_path / "whole", tmp_path / "cut", symlinks=True)
+    shutil.copytree(whole_dir, tmp_path / "cut", symlinks=True)
     (tmp_path / "cut" / "summary.json").unlink()
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step-20")
     (tmp_path / "cut" / "checkpoints" / "latest").unlink()
@@ -176,8 +198,8 @@ def test_workers_that_disagree_on_the_config_stop_with_a_clear_error(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI's mpirun is not installed (apt-get install openmpi-bin)")
-def test_mpirun_starts_the_same_training(tmp_path):
-    one = summary_of(run_cli([*MLP, "--run-dir", "one", "--json"], cwd=tmp_path))
+def test_mpirun_starts_the_same_training(tmp_path, mlp_one):
+    one = mlp_one
     root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
     done = subprocess.run(
         ["mpirun", *root, "-np", "2", "--bind-to", "none", sys.executable, "-m", "dlscale", *MLP, "--run-dir", "mpi", "--json"],
@@ -188,8 +210,8 @@ def test_mpirun_starts_the_same_training(tmp_path):
     assert sum(line.startswith("{") for line in done.stdout.splitlines()) == 1  # rank 0 alone prints --json
 
 
-def test_gradient_accumulation_on_two_workers_keeps_the_global_batch(tmp_path):
-    one = summary_of(run_cli([*MLP, "--run-dir", "one", "--json"], cwd=tmp_path))
+def test_gradient_accumulation_on_two_workers_keeps_the_global_batch(tmp_path, mlp_one):
+    one = mlp_one
     two = summary_of(run_cli([*MLP, "--nproc", "2", "--grad-accum", "2", "--run-dir", "acc", "--json"], cwd=tmp_path))
     assert two["global_batch_size"] == 64 and close(two["final_loss"], one["final_loss"])
 

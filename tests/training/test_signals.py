@@ -15,9 +15,11 @@ from dlscale.runs.metrics_log import read_metrics
 
 # fixed settings: separate runs are compared; no periodic checkpoint, so whatever is
 # saved was saved because of the signal
-ONE = ["train", "--model", "mlp", "--data", "synthetic:3x16x16", "--max-steps", "1500", "--seed", "5",
+# ONE_STEPS and TWO_STEPS: enough that a run still trains when the signal comes (after step 5, 20)
+ONE_STEPS, TWO_STEPS = 500, 150
+ONE = ["train", "--model", "mlp", "--data", "synthetic:3x16x16", "--max-steps", str(ONE_STEPS), "--seed", "5",
        "--precision", "fp32"]
-TWO = ["train", "--model", "mlp", "--data", "synthetic:3x16x16", "--max-steps", "300", "--seed", "2", "--nproc", "2",
+TWO = ["train", "--model", "mlp", "--data", "synthetic:3x16x16", "--max-steps", str(TWO_STEPS), "--seed", "2", "--nproc", "2",
        "--precision", "fp32", "--log-every", "1"]
 
 pytestmark = pytest.mark.slow
@@ -60,14 +62,14 @@ def test_sigterm_saves_and_the_resumed_run_ends_with_the_uninterrupted_loss(tmp_
     assert last.startswith("dlscale: stopped by SIGTERM after step") and "dlscale train --resume cut" in last
     assert "Traceback" not in err
     (saved,) = _saved_steps(tmp_path / "cut")
-    assert 5 <= saved < 1500 and f"after step {saved} of 1500" in last
+    assert 5 <= saved < ONE_STEPS and f"after step {saved} of {ONE_STEPS}" in last
     assert not (tmp_path / "cut" / "summary.json").exists()
 
     resumed = run_cli(["train", "--resume", "auto", "--run-dir", "cut", "--json"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     got = last_json(resumed.stdout)
     assert got["final_loss"] == expected["final_loss"] and got["test_loss"] == expected["test_loss"]
-    assert got["steps"] == 1500
+    assert got["steps"] == ONE_STEPS
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR1])
@@ -127,13 +129,13 @@ def test_sigterm_to_a_launcher_stops_every_worker_at_one_step_and_resumes_exactl
     assert "Traceback" not in err and "SignalException" not in err
     (saved,) = _saved_steps(tmp_path / "cut")
     logs = [p.read_text() for p in (tmp_path / "cut" / "logs").rglob("stderr.log")]
-    assert len(logs) == 2 and all(f"after step {saved} of 300" in log for log in logs)  # both workers, one step
+    assert len(logs) == 2 and all(f"after step {saved} of {TWO_STEPS}" in log for log in logs)  # both workers, one step
 
     resumed = run_cli(["train", "--resume", "cut", "--json"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got = last_json(resumed.stdout)
     assert abs(got["final_loss"] - expected["final_loss"]) <= 1e-6 * abs(expected["final_loss"])
-    assert got["steps"] == 300
+    assert got["steps"] == TWO_STEPS
 
 
 def test_workers_of_a_killed_launcher_save_and_stop_instead_of_training_on(tmp_path):

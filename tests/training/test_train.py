@@ -13,9 +13,10 @@ from conftest import last_json, run_cli
 from dlscale.runs.metrics_log import read_metrics
 from dlscale.runs.results import SUMMARY_KEYS
 
-# settings fixed: two separate runs are compared, and the CPU probe's choice is not the point here
-SLOW_RUN = ["--data", "synthetic:3x32x32", "--max-steps", "56", "--checkpoint-every", "8", "--seed", "3",
-            "--precision", "fp32", "--no-channels-last"]
+# settings fixed: two separate runs are compared, and the CPU probe's choice is not the point here;
+# 512 samples: 8 steps per epoch, so 20 steps cross two epoch ends (validation) and end mid-epoch
+SLOW_RUN = ["--data", "synthetic:3x32x32", "--synthetic-samples", "512", "--max-steps", "20", "--checkpoint-every", "4",
+            "--seed", "3", "--precision", "fp32", "--no-channels-last"]
 
 
 def test_default_train_reaches_97_percent_on_digits_and_writes_the_run_directory(tmp_path):
@@ -75,7 +76,7 @@ def test_a_run_killed_mid_training_resumes_to_exactly_the_same_loss(tmp_path):
         [sys.executable, "-m", "dlscale", "train", *SLOW_RUN, "--run-dir", "killed"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    _kill_once_checkpointed(proc, tmp_path / "killed", 40)  # mid-epoch: 32 steps per epoch
+    _kill_once_checkpointed(proc, tmp_path / "killed", 12)  # mid-epoch: 8 steps per epoch
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "summary.json").exists()
 
@@ -84,9 +85,9 @@ def test_a_run_killed_mid_training_resumes_to_exactly_the_same_loss(tmp_path):
     got = last_json(resumed.stdout)
     assert "resuming at step" in resumed.stderr
     assert got["final_loss"] == expected["final_loss"]
-    assert got["test_loss"] == expected["test_loss"] and got["steps"] == 56
+    assert got["test_loss"] == expected["test_loss"] and got["steps"] == 20
     steps = [r["step"] for r in read_metrics(tmp_path / "killed" / "metrics.jsonl") if r["kind"] == "train"]
-    assert steps == sorted(set(steps)) and steps[-1] == 56  # no step logged twice
+    assert steps == sorted(set(steps)) and steps[-1] == 20  # no step logged twice
 
 
 def test_resume_auto_finds_the_unfinished_run(tmp_path):
@@ -95,7 +96,7 @@ def test_resume_auto_finds_the_unfinished_run(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
-    while not list(tmp_path.glob("runs/*/checkpoints/step-16")):
+    while not list(tmp_path.glob("runs/*/checkpoints/step-8")):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.005)
     proc.kill()
@@ -227,10 +228,12 @@ def test_a_second_writer_of_a_run_directory_is_refused_while_the_first_trains(tm
     first = _popen([*LONG_RUN, "--run-dir", "r"], cwd=tmp_path)
     try:
         _wait_for_metrics(tmp_path / "r", first)
-        for args in (["train", "--max-steps", "2", "--run-dir", "r"], ["train", "--resume", "r"], ["train", "--resume", "auto", "--run-dir", "r"]):
-            second = run_cli(args, cwd=tmp_path)
-            assert second.returncode == 2, second.stderr
-            assert second.stderr.strip().splitlines() == [
+        seconds = [_popen(args, cwd=tmp_path) for args in (  # started together: none of them may take the lock
+            ["train", "--max-steps", "2", "--run-dir", "r"], ["train", "--resume", "r"], ["train", "--resume", "auto", "--run-dir", "r"])]
+        for second in seconds:
+            _, err = second.communicate(timeout=240)
+            assert second.returncode == 2, err
+            assert err.strip().splitlines() == [
                 f"error: run r is in use by process {first.pid} on host {socket.gethostname()}; "
                 "wait for it to end, or give another --run-dir"
             ]
@@ -281,7 +284,8 @@ def test_a_fresh_run_that_fails_before_a_checkpoint_can_be_rerun_with_the_same_r
 
 
 def test_resume_auto_continues_the_newest_unfinished_run_whatever_its_model(tmp_path):
-    proc = _popen(["train", "--model", "gpt-tiny", "--data", "synthetic", "--max-steps", "100", "--log-every", "1"], cwd=tmp_path)
+    proc = _popen(["train", "--model", "gpt-tiny", "--data", "synthetic", "--max-steps", "40", "--log-every", "1",
+                   "--precision", "fp32"], cwd=tmp_path)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("runs/*/metrics.jsonl")):
         assert proc.poll() is None and time.monotonic() < deadline
@@ -289,11 +293,11 @@ def test_resume_auto_continues_the_newest_unfinished_run_whatever_its_model(tmp_
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     (interrupted,) = (tmp_path / "runs").iterdir()
-    resumed = run_cli(["train", "--resume", "auto", "--max-steps", "100", "--json"], cwd=tmp_path)
+    resumed = run_cli(["train", "--resume", "auto", "--max-steps", "40", "--json"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"continuing runs/{interrupted.name}" in resumed.stderr
     assert last_json(resumed.stdout)["model"] == "gpt-tiny"
-    again = run_cli(["train", "--resume", "auto", "--max-steps", "2"], cwd=tmp_path)
+    again = run_cli(["train", "--resume", "auto", "--max-steps", "2", "--precision", "fp32", "--no-channels-last"], cwd=tmp_path)
     assert again.returncode == 0 and "no unfinished run with a checkpoint under runs/; starting a new run" in again.stderr
 
 
