@@ -88,13 +88,19 @@ def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120
 
 
 def stop(proc: subprocess.Popen) -> None:
+    """The server and every process it started (LitServe's workers outlive their parent and
+    poll their queues: left running, they would slow every later measurement)."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)  # LitServe stops its workers on SIGINT
+        os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left
+    except ProcessLookupError:
+        pass
+    proc.wait(30)
 
 
 def measure(python: Path, name: str, run: Path, args: argparse.Namespace, logs: Path, round_index: int) -> dict:

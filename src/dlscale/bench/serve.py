@@ -38,7 +38,7 @@ from typing import Any
 from dlscale.bench.common import percentile
 from dlscale.errors import UserError
 
-RATE_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.25)  # open-loop rates, as fractions of the closed loop's peak
+RATE_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25)  # open-loop rates, as fractions of the closed loop's peak
 MAX_IN_FLIGHT = 4096  # open loop: arrivals beyond this many unanswered requests count as errors ("overload")
 READY_TIMEOUT_S = 120.0
 JSON_HEADERS = {"content-type": "application/json"}

@@ -17,7 +17,7 @@ def add_parser(subparsers: Any) -> None:
             "Send real HTTP load to a running server (--url, loopback only) or to a dlscale serve of RUN started "
             "here: a closed loop over --concurrency (each client sends its next request when the previous is "
             "answered), then an open loop of Poisson arrivals at --rates (MLPerf Inference's Server scenario; "
-            "default: 25%%-125%% of the closed loop's peak). Reports predictions/s, latency p50/p90/p99, errors, "
+            "default: 5%%-125%% of the closed loop's peak). Reports predictions/s, latency p50/p90/p99, errors, "
             "the server's mean batch size, and the highest rate whose p99 stays under --p99-ms."
         ),
         epilog=(
@@ -32,7 +32,7 @@ def add_parser(subparsers: Any) -> None:
     add("run", nargs="?", metavar="RUN", help="a run directory: start dlscale serve on it here (on a free loopback port)")
     add("--url", help="a running server instead, such as http://127.0.0.1:8000 (loopback addresses only)")
     add("--concurrency", default="1,8,64", help="closed loop: comma-separated numbers of concurrent clients (default 1,8,64)")
-    add("--rates", help="open loop: comma-separated requests/s (default: 25,50,75,90,100,125%% of the closed loop's peak)")
+    add("--rates", help="open loop: comma-separated requests/s (default: 5,10,25,50,75,100,125%% of the closed loop's peak)")
     add("--loops", default="closed,open", help="which loops to run: closed, open or closed,open (default both)")
     add("--p99-ms", type=float, default=15.0, help="the latency bound (default 15, MLPerf's ResNet-50 server bound)")
     add("--duration", type=float, default=5.0, help="timed seconds per setting (default 5)")
