@@ -63,6 +63,9 @@ def _test_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             for name in found]
 
 
+DATA_WAIT_WARNING = 0.10  # above this share of the training time spent waiting for batches, the summary warns
+
+
 class TrainProgress:
     """The training display; ``enabled=False`` makes every call a no-op (quiet runs, ranks > 0)."""
 
@@ -154,3 +157,10 @@ class TrainProgress:
         for name, value in rows:
             table.add_row(name, value)
         self.console.print(table)
+        wait = summary.get("data_wait_fraction")
+        if wait is not None and wait > DATA_WAIT_WARNING:
+            self.console.print(
+                f"warning: the steps waited for data {100 * wait:.0f}% of the training time: the run is input-bound; "
+                "give the loader more processes (--workers) or keep the data in memory (an .npz)",
+                markup=False, soft_wrap=True,
+            )
