@@ -107,3 +107,20 @@ def test_text_larger_than_memory_is_memory_mapped_not_read(tmp_path):
     assert last.shape == (32,)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert peak_kib * 1024 < physical / 4, f"peak resident memory {peak_kib} KiB for a {2 * physical} byte file"
+
+
+def test_the_head_of_a_split_keeps_its_kind_and_its_first_samples(tmp_path):
+    """--val-samples N validates on the first N samples without losing the fast batch path."""
+    from torch.utils.data import Subset, TensorDataset
+
+    from dlscale.data.batches import head
+
+    write_text(tmp_path / "book.txt", 10_000)
+    val = load_data(str(tmp_path / "book.txt"), TOKENS).train
+    cut = head(val, 5)
+    assert isinstance(cut, TokenWindows) and len(cut) == 5
+    assert torch.equal(first_samples(cut, 5)[0], first_samples(val, 5)[0])
+    tensors = TensorDataset(torch.arange(10), torch.arange(10))
+    assert isinstance(head(tensors, 3), TensorDataset) and head(tensors, 3).tensors[0].tolist() == [0, 1, 2]
+    assert head(tensors, None) is tensors and head(tensors, 99) is tensors and head(None, 3) is None
+    assert isinstance(head(Subset(tensors, range(10)), 4), Subset) and len(head(Subset(tensors, range(10)), 4)) == 4

@@ -48,6 +48,7 @@ def test_integer_lr_is_accepted_as_float():
         ({"precision": "fp8"}, "--precision must be one of"),
         ({"target_accuracy": 1.5}, "--target-accuracy is a fraction"),
         ({"max_requeues": -1}, "--max-requeues must be 0 or more"),
+        ({"val_samples": 0}, "--val-samples must be at least 1"),
         ({"batch_size": 10, "grad_accum": 3}, "does not split into --grad-accum 3"),
     ],
 )

@@ -71,6 +71,8 @@ def add_parser(subparsers: Any) -> None:
     add("--target-accuracy", type=float, help="record the time to reach this validation accuracy (0-1)")
     add("--log-every", type=int, help="steps between metrics lines (default: about 50 per run)")
     add("--synthetic-samples", type=int, help="training-set size for --data synthetic (default 2048)")
+    add("--val-samples", type=int, metavar="N", help="validate on the first N samples of the validation split "
+        "(default: all; the test split is always evaluated whole): large corpora validate in seconds")
     add("--workers", type=int, help="DataLoader worker processes for lazily read data (default 0)")
     add("--loss", choices=LOSSES, help="auto (default: cross_entropy for class labels, mse for float targets), or mae, huber for float targets")
     add("--metrics", metavar="NAMES", help="comma-separated evaluation metrics: accuracy for classes; mae, mse, r2 for float targets (default accuracy, or mae,r2)")

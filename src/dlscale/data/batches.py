@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -55,6 +55,19 @@ def _gather(dataset: Dataset):
     """A dataset that cuts a whole batch at once (``gather(index)``, e.g. memory-mapped text
     windows) is indexed like in-memory data: one call per batch, no worker processes."""
     return getattr(dataset, "gather", None)
+
+
+def head(dataset: Dataset | None, n: int | None) -> Dataset | None:
+    """The first ``n`` samples of ``dataset`` (all of it for None), keeping its fast path: a
+    TensorDataset stays one, a dataset with ``head`` (memory-mapped text) cuts itself."""
+    if dataset is None or n is None or n >= len(dataset):
+        return dataset
+    tensors = _tensors(dataset)
+    if tensors is not None:
+        return TensorDataset(*(t[:n] for t in tensors))
+    if hasattr(dataset, "head"):
+        return dataset.head(n)
+    return Subset(dataset, range(n))
 
 
 def first_samples(dataset: Dataset, n: int) -> Batch:

@@ -89,6 +89,10 @@ class TokenWindows(Dataset):
         x, y = self.gather(torch.tensor([i % self.count]))
         return x[0], y[0]
 
+    def head(self, n: int) -> TokenWindows:
+        """The first ``n`` windows."""
+        return TokenWindows(self.tokens[: n * self.window], self.window)
+
     def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         starts = np.asarray(index, dtype=np.int64) * self.window
         windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))

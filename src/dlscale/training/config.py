@@ -75,6 +75,7 @@ class TrainConfig:
     target_accuracy: float | None = None  # record time to reach this validation accuracy
     log_every: int | None = None  # steps between metric lines; None: about 50 per run
     eval_every_epoch: bool = True
+    val_samples: int | None = None  # validate on the first N samples of the validation split; None: all (test: always all)
     synthetic_samples: int | None = None  # training-set size for --data synthetic
     workers: int = 0  # DataLoader worker processes for lazily read data
     early_stop_patience: int | None = None  # validations without improvement before stopping; None: off
@@ -95,7 +96,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "log_every", "synthetic_samples"):
+        for name in ("max_steps", "log_every", "synthetic_samples", "val_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"{_flag(name)} must be at least 1, got {value}")

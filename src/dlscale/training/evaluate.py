@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from dlscale.data.batches import eval_batches, first_samples
+from dlscale.data.batches import eval_batches, first_samples, head
 from dlscale.distributed import process_group as dist
 from dlscale.errors import UserError
 from dlscale.hardware.device import autocast
@@ -62,7 +62,7 @@ class Evaluator:
         job = self.job
         train_loss = float(torch.stack(epoch_losses).float().mean()) if epoch_losses else None
         record = {"kind": "val", "step": state.step, "epoch": epoch, "train_loss": train_loss,
-                  **self._evaluate(job.splits.val, "val")}
+                  **self._evaluate(head(job.splits.val, job.config.val_samples), "val")}
         target, val_accuracy = job.config.target_accuracy, record.get("val_accuracy")
         if target is not None and state.time_to_target_seconds is None and val_accuracy is not None and val_accuracy >= target:
             state.time_to_target_seconds = state.loop_seconds()
