@@ -52,7 +52,7 @@ class SlowServer:
     def __init__(self):
         import uvicorn
         from starlette.applications import Starlette
-        from starlette.responses import JSONResponse
+        from starlette.responses import JSONResponse, PlainTextResponse
         from starlette.routing import Route
 
         lock = asyncio.Lock()
@@ -67,7 +67,10 @@ class SlowServer:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        app = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
+        async def model(request):  # a server that answers far more than any dlscale server would
+            return PlainTextResponse("x" * (bench_serve.MAX_ANSWER_BYTES + 1))
+
+        app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/model", model)])
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -80,6 +83,15 @@ class SlowServer:
     def stop(self):
         self.server.should_exit = True
         self.thread.join(20)
+
+
+def test_an_answer_larger_than_any_dlscale_answer_is_refused_unread():
+    server = SlowServer()
+    try:
+        with pytest.raises(UserError, match="answered more than 1048576 bytes"):
+            bench_serve.describe_server(server.url)
+    finally:
+        server.stop()
 
 
 def test_the_open_loop_counts_latency_from_when_each_request_was_due():
@@ -123,7 +135,7 @@ def test_bench_serve_starts_a_server_measures_both_loops_and_writes_its_result(r
     assert result["kind"] == "serve" and result["provenance"]["dlscale"] == dlscale.__version__
     assert result["server"]["max_delay_ms"] == 2 and result["server"]["input_shape"] == [1, 8, 8]
     rows = result["results"]
-    assert [(r["mode"], r["concurrency"], r["offered_rate"]) for r in rows] == [("closed", 1, None), ("closed", 8, None), ("open", None, 20.0)]
+    assert [(r["mode"], r["concurrency"], r["rate"]) for r in rows] == [("closed", 1, None), ("closed", 8, None), ("open", None, 20.0)]
     for row in rows:
         assert row["errors"] == 0 and row["requests"] > 0
         assert row["predictions_per_second"] == pytest.approx(row["requests"] / row["seconds"])

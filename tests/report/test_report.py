@@ -40,11 +40,11 @@ SCALING_ROWS = [
 PREDICT_ROWS = [{"gpus": n, "nodes": max(1, n // 8), "speedup": n * e, "efficiency": e, "samples_per_second": 300 * n * e}
                 for n, e in ((1, 1.0), (2, 0.96), (4, 0.95), (8, 0.94), (16, 0.8))]
 SERVE_ROWS = [
-    {"mode": "closed", "concurrency": c, "offered_rate": None, "predictions_per_second": pps, "latency_p50_ms": p99 / 2,
+    {"mode": "closed", "concurrency": c, "rate": None, "predictions_per_second": pps, "latency_p50_ms": p99 / 2,
      "latency_p99_ms": p99, "errors": 0, "mean_batch_size": b, "model_busy": 0.3, "within_p99_bound": p99 <= 15}
     for c, pps, p99, b in ((1, 300, 7.0, 1.0), (8, 640, 17.0, 7.9), (64, 1400, 148.0, 30.0))
 ] + [
-    {"mode": "open", "concurrency": None, "offered_rate": r, "predictions_per_second": min(r, 1400), "latency_p50_ms": p99 / 2,
+    {"mode": "open", "concurrency": None, "rate": r, "predictions_per_second": min(r, 1400), "latency_p50_ms": p99 / 2,
      "latency_p99_ms": p99, "errors": 0, "mean_batch_size": 2.0, "model_busy": 0.2, "within_p99_bound": p99 <= 15}
     for r, p99 in ((350, 8.0), (700, 12.0), (1400, 90.0))
 ]

@@ -28,6 +28,15 @@ class Recorder:
         return x * 2
 
 
+async def until_started(model: Recorder) -> None:
+    """Until the model has a batch in hand (held at its gate), at most 10 s."""
+    for _ in range(1000):
+        if model.started.is_set():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the model never started a batch")
+
+
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 20))
 
@@ -73,10 +82,7 @@ def test_requests_of_several_samples_share_a_batch_and_get_their_own_rows():
         batcher = DynamicBatcher(model, max_batch_size=6, max_delay_ms=60_000, max_queue=16)
         try:
             blocker = asyncio.ensure_future(batcher.submit(torch.zeros(6, 1)))  # a full batch: runs, held at the gate
-            for _ in range(1000):
-                if model.started.is_set():
-                    break
-                await asyncio.sleep(0.01)
+            await until_started(model)
             sizes = (1, 2, 3)  # these queue while the model is busy, then fill the next batch exactly
             waiting = [asyncio.ensure_future(batcher.submit(torch.arange(n, dtype=torch.float32)[:, None] + 10 * n)) for n in sizes]
             await asyncio.sleep(0.05)
@@ -101,10 +107,7 @@ def test_a_full_queue_raises_queue_full_and_the_queued_requests_still_finish():
         batcher = DynamicBatcher(model, max_batch_size=1, max_delay_ms=0, max_queue=2)
         try:
             running = asyncio.ensure_future(batcher.submit(torch.ones(1, 1)))
-            for _ in range(1000):  # the first request is in the model, held at the gate
-                if model.started.is_set():
-                    break
-                await asyncio.sleep(0.01)
+            await until_started(model)  # the first request is in the model, held at the gate
             queued = [asyncio.ensure_future(batcher.submit(torch.ones(1, 1))) for _ in range(2)]
             await asyncio.sleep(0)  # let them enter the queue
             with pytest.raises(QueueFull):
@@ -173,10 +176,7 @@ def test_after_a_batch_of_one_request_a_lone_request_goes_at_once_and_waiting_re
             gate.clear()
             model.started.clear()
             busy = asyncio.ensure_future(batcher.submit(torch.zeros(4, 1)))
-            for _ in range(1000):  # held at the gate; these three queue meanwhile
-                if model.started.is_set():
-                    break
-                await asyncio.sleep(0.01)
+            await until_started(model)  # held at the gate; these three queue meanwhile
             queued = [asyncio.ensure_future(batcher.submit(torch.ones(1, 1))) for _ in range(3)]
             await asyncio.sleep(0.05)
             gate.set()

@@ -42,6 +42,7 @@ RATE_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25)  # open-loop rates, as 
 MAX_IN_FLIGHT = 4096  # open loop: arrivals beyond this many unanswered requests count as errors ("overload")
 READY_TIMEOUT_S = 120.0
 JSON_HEADERS = {"content-type": "application/json"}
+MAX_ANSWER_BYTES = 1 << 20  # /model, /metrics and one prediction are a few KiB
 
 
 @dataclass
@@ -212,17 +213,25 @@ def check_answer(url: str, body: bytes, samples: int) -> None:
 
 def _http(method: str, url: str, body: bytes | None = None, timeout: float = 10) -> tuple[int, str]:
     """(status, text) of one plain request (urllib: no pool needed for these few); an HTTP
-    error status is an answer, not an exception."""
+    error status is an answer, not an exception. An answer over MAX_ANSWER_BYTES is refused
+    unread: whatever listens on the port does not decide how much memory this takes."""
     import urllib.error
     import urllib.request
 
     request = urllib.request.Request(url, data=body, method=method, headers=JSON_HEADERS if body else {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode("utf-8", "replace")
+            return response.status, _bounded(response, url)
     except urllib.error.HTTPError as error:
         with error:
-            return error.code, error.read().decode("utf-8", "replace")
+            return error.code, _bounded(error, url)
+
+
+def _bounded(response: Any, url: str) -> str:
+    data = response.read(MAX_ANSWER_BYTES + 1)
+    if len(data) > MAX_ANSWER_BYTES:
+        raise UserError(f"{url} answered more than {MAX_ANSWER_BYTES} bytes; not a dlscale server's answer")
+    return data.decode("utf-8", "replace")
 
 
 def _reason(error: OSError) -> str:
@@ -239,8 +248,11 @@ async def _post(client: Any, body: bytes, tally: _Tally | None, due: float, wind
 
     try:
         async with client.post("/predict", data=body, headers=JSON_HEADERS) as response:
-            await response.read()
-            reason = None if response.status == 200 else str(response.status)
+            if (response.content_length or 0) > MAX_ANSWER_BYTES:  # not read: the connection is dropped
+                reason = "oversized answer"
+            else:
+                await response.read()
+                reason = None if response.status == 200 else str(response.status)
     except TimeoutError:
         reason = "timeout"
     except aiohttp.ClientError as exc:
@@ -335,7 +347,10 @@ def _batch_counts(url: str) -> tuple[float, float] | None:
     return float(found["batch_size_sum"]), float(found["batch_size_count"]), float(found["compute_seconds_sum"])
 
 
-def _row(mode: str, load: ServeLoad, tally: _Tally, before: tuple | None, after: tuple | None, **what: Any) -> dict[str, Any]:
+def _row(mode: str, load: ServeLoad, tally: _Tally, before: tuple | None, after: tuple | None, *,
+         concurrency: int | None = None, rate: float | None = None, elapsed: float | None = None) -> dict[str, Any]:
+    """One setting's figures; ``before``/``after``: the server's counts (``_batch_counts``)
+    around it, and ``elapsed`` the setting's seconds, warm-up included as in those counts."""
     answered = len(tally.latencies)
     seconds = max((tally.last or tally.first or 0.0) - (tally.first or 0.0), 1e-9)
     ms = [1000.0 * t for t in tally.latencies]
@@ -344,8 +359,8 @@ def _row(mode: str, load: ServeLoad, tally: _Tally, before: tuple | None, after:
     errors = sum(tally.errors.values())
     return {
         "mode": mode,
-        "concurrency": what.get("concurrency"),
-        "offered_rate": what.get("rate"),
+        "concurrency": concurrency,
+        "rate": rate,
         "requests": answered,
         "errors": errors,
         "error_reasons": dict(tally.errors),
@@ -358,7 +373,7 @@ def _row(mode: str, load: ServeLoad, tally: _Tally, before: tuple | None, after:
         "latency_max_ms": max(ms) if ms else None,
         "mean_batch_size": (after[0] - before[0]) / batches if batches > 0 else None,
         # the share of the wall time the model computed: far below 1 at the peak, the HTTP side is the limit
-        "model_busy": (after[2] - before[2]) / what["elapsed"] if before and after and what.get("elapsed") else None,
+        "model_busy": (after[2] - before[2]) / elapsed if before and after and elapsed else None,
         "within_p99_bound": p99 is not None and p99 <= load.p99_ms and errors == 0,
     }
 
@@ -368,27 +383,25 @@ def measure(
 ) -> list[dict[str, Any]]:
     """The closed-loop sweep, then the open-loop rates (given, or fractions of the closed
     loop's peak requests/s, which then runs first): one row per setting."""
-    rows = []
-    for concurrency in load.concurrencies if "closed" in load.loops else ():
+    def setting(label: str, mode: str, run: Any, **what: Any) -> dict[str, Any]:
         if step:
-            step(f"closed loop: {concurrency} concurrent clients", load.warmup + load.duration)
+            step(label, load.warmup + load.duration)
         before, started = _batch_counts(url), time.perf_counter()
-        tally = asyncio.run(closed_loop(url, body, concurrency, load))
-        elapsed = time.perf_counter() - started  # warm-up included, as in the server's counts
-        rows.append(_row("closed", load, tally, before, _batch_counts(url), concurrency=concurrency, elapsed=elapsed))
+        tally = asyncio.run(run)
+        elapsed = time.perf_counter() - started
+        return _row(mode, load, tally, before, _batch_counts(url), elapsed=elapsed, **what)
+
+    rows = [
+        setting(f"closed loop: {c} concurrent clients", "closed", closed_loop(url, body, c, load), concurrency=c)
+        for c in (load.concurrencies if "closed" in load.loops else ())
+    ]
     if "open" not in load.loops:
         return rows
     rates = load.rates
     if rates is None:
         peak = max(r["requests_per_second"] for r in rows)
         rates = tuple(round(peak * f, 1) for f in RATE_FRACTIONS if peak * f >= 0.1)
-    for rate in rates:
-        if step:
-            step(f"open loop: {rate:g} requests/s", load.warmup + load.duration)
-        before, started = _batch_counts(url), time.perf_counter()
-        tally = asyncio.run(open_loop(url, body, rate, load))
-        elapsed = time.perf_counter() - started
-        rows.append(_row("open", load, tally, before, _batch_counts(url), rate=rate, elapsed=elapsed))
+    rows += [setting(f"open loop: {r:g} requests/s", "open", open_loop(url, body, r, load), rate=r) for r in rates]
     return rows
 
 
@@ -396,7 +409,7 @@ def best_rate_under_bound(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The open-loop row of the highest offered rate whose p99 stayed under the bound with no
     errors (MLPerf Server's figure of merit), or None when no rate did."""
     ok = [r for r in rows if r["mode"] == "open" and r["within_p99_bound"]]
-    return max(ok, key=lambda r: r["offered_rate"]) if ok else None
+    return max(ok, key=lambda r: r["rate"]) if ok else None
 
 
 def run_bench_serve(
@@ -433,8 +446,8 @@ def run_bench_serve(
         rows, kind="serve", url=url, run=str(run) if run is not None else None, server=info or None,
         model=info.get("model"), samples_per_request=load.samples_per_request, duration_s=load.duration,
         warmup_s=load.warmup, max_requests=load.max_requests, p99_bound_ms=load.p99_ms,
-        peak_predictions_per_second=peak["predictions_per_second"], peak_concurrency=peak["concurrency"], peak_offered_rate=peak["offered_rate"],
-        max_rate_under_p99=best["offered_rate"] if best else None,
+        peak_predictions_per_second=peak["predictions_per_second"], peak_concurrency=peak["concurrency"], peak_rate=peak["rate"],
+        max_rate_under_p99=best["rate"] if best else None,
         predictions_per_second_under_p99=best["predictions_per_second"] if best else None,
     )
     return result, write_result(run_dir, "serve", result)

@@ -162,7 +162,7 @@ def _table(result: dict[str, Any]):
     for name in ("load", "pred/s", "p50 ms", "p90 ms", "p99 ms", "errors", "batch", "model busy"):
         table.add_column(name, justify="left" if name == "load" else "right")
     for row in result["results"]:
-        load = f"{row['concurrency']} clients" if row["mode"] == "closed" else f"{row['offered_rate']:g} req/s"
+        load = f"{row['concurrency']} clients" if row["mode"] == "closed" else f"{row['rate']:g} req/s"
         table.add_row(
             load, _number(row["predictions_per_second"]), _number(row["latency_p50_ms"], 2),
             _number(row["latency_p90_ms"], 2), _number(row["latency_p99_ms"], 2), str(row["errors"]),
@@ -175,7 +175,7 @@ def _table(result: dict[str, Any]):
 
 def _verdict(result: dict[str, Any]) -> str:
     at = (f"{result['peak_concurrency']} concurrent clients" if result["peak_concurrency"] is not None
-          else f"{result['peak_offered_rate']:g} requests/s offered")
+          else f"{result['peak_rate']:g} requests/s offered")
     peak = f"peak: {result['peak_predictions_per_second']:,.1f} predictions/s at {at}"
     bound = result["p99_bound_ms"]
     if not any(r["mode"] == "open" for r in result["results"]):

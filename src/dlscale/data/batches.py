@@ -12,7 +12,7 @@ just starting the iteration at k.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -46,14 +46,13 @@ class BatchOrder:
         return permutation[start : start + self.local_batch]
 
 
-def _tensors(dataset: Dataset) -> tuple[torch.Tensor, ...] | None:
-    """In-memory data is indexed directly: one gather per batch, no per-sample Python."""
-    return dataset.tensors if isinstance(dataset, TensorDataset) else None
-
-
-def _gather(dataset: Dataset):
-    """A dataset that cuts a whole batch at once (``gather(index)``, e.g. memory-mapped text
-    windows) is indexed like in-memory data: one call per batch, no worker processes."""
+def _indexer(dataset: Dataset) -> Callable[[torch.Tensor | slice], Batch] | None:
+    """How a whole batch is cut at once, by an index tensor or a slice: in-memory tensors are
+    indexed directly, and a dataset with ``gather`` (memory-mapped text windows) cuts its own;
+    one call per batch, no per-sample Python, no worker processes. None: index per sample."""
+    if isinstance(dataset, TensorDataset):
+        x, y = dataset.tensors
+        return lambda index: (x[index], y[index])
     return getattr(dataset, "gather", None)
 
 
@@ -62,9 +61,8 @@ def head(dataset: Dataset | None, n: int | None) -> Dataset | None:
     TensorDataset stays one, a dataset with ``head`` (memory-mapped text) cuts itself."""
     if dataset is None or n is None or n >= len(dataset):
         return dataset
-    tensors = _tensors(dataset)
-    if tensors is not None:
-        return TensorDataset(*(t[:n] for t in tensors))
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(*(t[:n] for t in dataset.tensors))
     if hasattr(dataset, "head"):
         return dataset.head(n)
     return Subset(dataset, range(n))
@@ -73,12 +71,9 @@ def head(dataset: Dataset | None, n: int | None) -> Dataset | None:
 def first_samples(dataset: Dataset, n: int) -> Batch:
     """The first ``n`` samples as one batch: real inputs for counting FLOPs, for timing
     settings, and to keep an idle worker's collectives in step."""
-    tensors = _tensors(dataset)
-    if tensors is not None:
-        return tensors[0][:n], tensors[1][:n]
-    gather = _gather(dataset)
-    if gather is not None:
-        return gather(torch.arange(min(n, len(dataset))))
+    cut = _indexer(dataset)
+    if cut is not None:
+        return cut(slice(0, min(n, len(dataset))))
     pairs = [dataset[i] for i in range(min(n, len(dataset)))]
     return torch.stack([torch.as_tensor(p[0]) for p in pairs]), torch.stack([torch.as_tensor(p[1]) for p in pairs])
 
@@ -89,16 +84,10 @@ def train_batches(
     """This rank's batches of ``epoch``, from step ``start_step`` to the end of the epoch."""
     permutation = order.permutation(epoch)
     steps = range(start_step, order.steps_per_epoch)
-    tensors = _tensors(dataset)
-    if tensors is not None:
+    cut = _indexer(dataset)
+    if cut is not None:
         for step in steps:
-            index = order.local_indices(permutation, step)
-            yield tensors[0][index], tensors[1][index]
-        return
-    gather = _gather(dataset)
-    if gather is not None:
-        for step in steps:
-            yield gather(order.local_indices(permutation, step))
+            yield cut(order.local_indices(permutation, step))
         return
     batch_lists = [order.local_indices(permutation, step).tolist() for step in steps]
     yield from DataLoader(dataset, batch_sampler=batch_lists, num_workers=workers)
@@ -110,16 +99,10 @@ def eval_batches(
     """This rank's contiguous share of ``dataset``: every sample counted exactly once, no padding."""
     n = len(dataset)
     lo, hi = n * rank // world, n * (rank + 1) // world
-    tensors = _tensors(dataset)
-    if tensors is not None:
+    cut = _indexer(dataset)
+    if cut is not None:
         for start in range(lo, hi, batch_size):
-            stop = min(start + batch_size, hi)
-            yield tensors[0][start:stop], tensors[1][start:stop]
-        return
-    gather = _gather(dataset)
-    if gather is not None:
-        for start in range(lo, hi, batch_size):
-            yield gather(torch.arange(start, min(start + batch_size, hi)))
+            yield cut(slice(start, min(start + batch_size, hi)))
         return
     batch_lists = [list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size)]
     yield from DataLoader(dataset, batch_sampler=batch_lists, num_workers=workers)

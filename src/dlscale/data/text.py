@@ -93,9 +93,15 @@ class TokenWindows(Dataset):
         """The first ``n`` windows."""
         return TokenWindows(self.tokens[: n * self.window], self.window)
 
-    def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = np.asarray(index, dtype=np.int64) * self.window
-        windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+    def gather(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """The windows at ``index`` (a tensor of window numbers, or a slice of them)."""
+        if isinstance(index, slice):  # contiguous windows are one stretch of the file
+            start, stop, _ = index.indices(self.count)
+            windows = self.tokens[start * self.window : stop * self.window].reshape(-1, self.window)
+        else:
+            starts = np.asarray(index, dtype=np.int64) * self.window
+            windows = self.tokens[starts[:, None] + self._offsets]
+        windows = torch.from_numpy(windows.astype(np.int64))
         return windows[:, :-1], windows[:, 1:]
 
 

@@ -35,7 +35,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "forecast": ("gpus", "nodes", "global_batch_size", "samples_per_second", "speedup", "efficiency",
                  "step_time_s", "compute_s", "comm_s", "comm_exposed_s", "straggler_s", "overhead_s"),
     "comm": ("op", "bytes", "time_s", "algbw_gbps", "busbw_gbps"),
-    "serve": ("mode", "concurrency", "offered_rate", "predictions_per_second", "latency_p50_ms", "latency_p90_ms",
+    "serve": ("mode", "concurrency", "rate", "predictions_per_second", "latency_p50_ms", "latency_p90_ms",
               "latency_p99_ms", "errors", "mean_batch_size", "model_busy", "within_p99_bound"),
 }
 KIND_TITLES = {

@@ -347,7 +347,7 @@ def serving(serve_rows: Sequence[Row], p99_bound_ms: float | None, stem: str | P
     fig = _new_figure(4.6 * len(kinds), 6.4)
     axes = fig.subplots(2, len(kinds), squeeze=False)
     for column, (mode, rows) in enumerate(kinds):
-        key = "concurrency" if mode == "closed" else "offered_rate"
+        key = "concurrency" if mode == "closed" else "rate"
         rows = sorted(rows, key=lambda r: float(r[key]))
         xs = [float(r[key]) for r in rows]
         top, bottom = axes[0][column], axes[1][column]

@@ -29,7 +29,7 @@ def serve(
 
     import dlscale
     from dlscale.serve.app import create_app
-    from dlscale.serve.settings import resolve
+    from dlscale.serve.settings import check_choices, resolve
 
     if max_batch_size < 1 or max_queue < 1 or max_inputs < 1:
         raise UserError("--max-batch-size, --max-queue and --max-inputs must be at least 1")
@@ -37,8 +37,7 @@ def serve(
         raise UserError("--max-delay-ms must be at least 0 and --max-body-mb above 0")
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {port}")
-    if precision not in ("auto", "fp32", "bf16", "fp16") or compile not in ("auto", "on", "off"):
-        raise UserError(f"--precision takes auto, fp32, bf16 or fp16 and --compile auto, on or off; got {precision!r} and {compile!r}")
+    check_choices(precision, compile)
     model = dlscale.load(run_dir, device=device, precision=precision)
     say = lambda text: print(f"dlscale: {text}", file=sys.stderr, flush=True)  # noqa: E731
     settings = resolve(model, max_batch_size, precision, compile, note=say)

@@ -26,6 +26,7 @@ import torch
 from dlscale.errors import UserError
 from dlscale.hardware.device import synchronize
 from dlscale.inference.model import Model
+from dlscale.training.settings import check_precision
 
 MARGIN = 0.10  # a lower precision or a compiled model must be at least this much faster
 AGREEMENT = 0.99  # ... and a lower precision must give fp32's class for this share of samples
@@ -48,6 +49,14 @@ class ServingSettings:
                 "measured_ms": self.measured_ms, "reason": self.reason}
 
 
+def check_choices(precision: str, compile: str) -> None:
+    """The values --precision and --compile take, checked before anything is loaded."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UserError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if compile not in ("auto", "on", "off"):
+        raise UserError(f"--compile must be auto, on or off, got {compile!r}")
+
+
 def buckets_for(max_batch_size: int) -> tuple[int, ...]:
     """1, 2, 4, ... up to and including ``max_batch_size``."""
     sizes = [1]
@@ -61,12 +70,7 @@ def buckets_for(max_batch_size: int) -> tuple[int, ...]:
 def resolve(model: Model, max_batch_size: int, precision: str = "auto", compile: str = "auto",
             note: Callable[[str], None] | None = None) -> ServingSettings:
     """Decide, apply to ``model`` (its precision, its module compiled) and return the settings."""
-    from dlscale.training.settings import check_precision
-
-    if compile not in ("auto", "on", "off"):
-        raise UserError(f"--compile must be auto, on or off, got {compile!r}")
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise UserError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    check_choices(precision, compile)
     if model.is_language_model:  # prompts of any length: no fixed batch shape to measure or compile for
         if compile == "on":
             raise UserError("--compile on is for fixed-shape models; a language model serves uncompiled")
@@ -78,7 +82,7 @@ def resolve(model: Model, max_batch_size: int, precision: str = "auto", compile:
     measured: dict[str, float] = {}
     reasons = []
     if precision == "auto":
-        chosen, why = _choose_precision(model, batch, timed, measured, check_precision)
+        chosen, why = _choose_precision(model, batch, timed, measured)
         reasons.append(why)
     else:
         chosen = check_precision(precision, model.device)
@@ -149,12 +153,11 @@ def _time(model: Model, x: torch.Tensor) -> float:
     return 1e3 * statistics.median(times)
 
 
-def _choose_precision(model: Model, probe: torch.Tensor, max_batch_size: int, measured: dict[str, float],
-                      check: Callable) -> tuple[str, str]:
+def _choose_precision(model: Model, probe: torch.Tensor, max_batch_size: int, measured: dict[str, float]) -> tuple[str, str]:
     """The fastest of fp32 and a lower precision (and the run's own), a lower one only when it
     is MARGIN faster and agrees with fp32 on the probe."""
     lower = "bf16" if model.device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
-    candidates = [p for p in dict.fromkeys(["fp32", lower, model.precision]) if _supported(check, p, model.device)]
+    candidates = [p for p in dict.fromkeys(["fp32", lower, model.precision]) if _supported(p, model.device)]
     batch = probe[:max_batch_size]
     outputs = {}
     for precision in candidates:
@@ -186,9 +189,9 @@ def _agreement(outputs: torch.Tensor, reference: torch.Tensor, regression: bool)
     return float(close.double().mean())
 
 
-def _supported(check, precision: str, device: torch.device) -> bool:
+def _supported(precision: str, device: torch.device) -> bool:
     try:
-        check(precision, device)
+        check_precision(precision, device)
         return True
     except UserError:
         return False
