@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -51,3 +53,16 @@ def nproc2_loss(tmp_path_factory) -> float:
     done = run_cli(NPROC2_REFERENCE, cwd=tmp_path_factory.mktemp("nproc2-reference"))
     assert done.returncode == 0, done.stderr[-2000:]
     return last_json(done.stdout)["final_loss"]
+
+
+def make_photo_folder(root, per_class=16):
+    """Three classes of 160x120 JPEGs (a few grey, a few oddly sized), told apart by colour."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("red", "green", "blue")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            w, h = (160, 120) if i % 5 else (211, 97)
+            pixels = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
+            pixels[..., c] += 150
+            image = Image.fromarray(pixels)
+            (image.convert("L") if i % 7 == 3 else image).save(root / name / f"{i}.jpg", quality=90)

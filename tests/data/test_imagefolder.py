@@ -29,9 +29,10 @@ def test_class_folders_are_labels_in_alphabetical_order(tmp_path):
     assert (len(splits.train), len(splits.val), len(splits.test)) == (24, 3, 3)
     assert not isinstance(splits.train, TensorDataset)  # decoded lazily
     for x, y in (splits.train[i] for i in range(len(splits.train))):
-        assert x.shape == (3, 6, 8) and x.dtype == torch.float32 and y.dtype == torch.int64 and y.shape == ()
-        # scaled to [0, 1], then (v - 0.5) / 0.5: the class colour's channel is +1, the others -1
-        assert x[:, 0, 0].tolist() == [1.0 if c == 255 else -1.0 for c in list(COLOURS.values())[int(y)]]
+        # uint8 pixels: the training device scales them to [-1, 1] (a quarter of the bytes to copy)
+        assert x.shape == (3, 6, 8) and x.dtype == torch.uint8 and y.dtype == torch.int64 and y.shape == ()
+        assert x[:, 0, 0].tolist() == list(list(COLOURS.values())[int(y)])
+    assert splits.preprocess == {"kind": "image_files", "mode": "RGB", "size": [8, 6], "crop": None}
 
 
 def test_split_is_fixed_and_covers_every_image_once(tmp_path):
@@ -49,8 +50,7 @@ def test_greyscale_images_give_one_channel(tmp_path):
     assert splits.input_shape == (1, 6, 8)
     x, y = splits.train[0]
     assert x.shape == (1, 6, 8)
-    expected = max(list(COLOURS.values())[int(y)]) // 2 / 127.5 - 1
-    assert torch.allclose(x, torch.full_like(x, expected))
+    assert torch.equal(x, torch.full_like(x, max(list(COLOURS.values())[int(y)]) // 2))
 
 
 def test_one_colour_image_among_grey_ones_makes_all_rgb(tmp_path):
@@ -105,27 +105,36 @@ def test_hidden_folders_empty_folders_and_other_files_are_ignored(tmp_path):
     assert len(splits.train) + len(splits.val or []) + len(splits.test or []) == 6
 
 
-def test_corrupt_image_is_a_user_error_naming_the_file(tmp_path):
+def _read(splits, path):
+    """Read the sample of ``path``, in whichever split it landed."""
+    for part in (splits.train, splits.val, splits.test):
+        if part is not None and str(path) in part.files:
+            return part[part.files.index(str(path))]
+    raise AssertionError(f"{path} is in no split")
+
+
+def test_corrupt_image_is_a_user_error_naming_the_file_when_it_is_read(tmp_path):
     make_folder(tmp_path, per_class=3)
     (tmp_path / "dog" / "broken.png").write_bytes(b"this is not a png")
-    with pytest.raises(UserError, match=r"cannot read image .*dog/broken\.png.*remove or replace"):
-        load_data(str(tmp_path), WANT)
+    splits = load_data(str(tmp_path), WANT)  # checked lazily: start-up does not open every file
+    with pytest.raises(UserError, match=r"cannot read image .*dog/broken\.png.*remove or replace.*--skip-bad-files"):
+        _read(splits, tmp_path / "dog" / "broken.png")
 
 
-def test_truncated_image_is_caught_when_the_data_is_built(tmp_path):
+def test_truncated_image_is_caught_when_it_is_read(tmp_path):
     make_folder(tmp_path, per_class=3)
     noise = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     path = tmp_path / "emu" / "cut.png"
     Image.fromarray(noise).save(path)
     path.write_bytes(path.read_bytes()[:-200])
     with pytest.raises(UserError, match="emu/cut.png"):
-        load_data(str(tmp_path), WANT)
+        _read(load_data(str(tmp_path), WANT), path)
 
 
 def test_image_gone_after_building_is_a_user_error_naming_it(tmp_path):
     make_folder(tmp_path, per_class=2)
     splits = load_data(str(tmp_path), WANT)
-    splits.train.files[0].unlink()
+    os.unlink(splits.train.files[0])
     with pytest.raises(UserError, match=str(splits.train.files[0])):
         splits.train[0]
 
@@ -133,31 +142,33 @@ def test_image_gone_after_building_is_a_user_error_naming_it(tmp_path):
 # --------------------------------------------------------------------------- files that would exhaust memory or hang
 
 
-def test_huge_first_image_is_refused_naming_file_size_and_fix(tmp_path):
+def test_huge_first_image_without_augmentation_is_refused_naming_file_size_and_fix(tmp_path):
     make_folder(tmp_path / "train", per_class=2)
     first = tmp_path / "train" / "cat" / "0.png"  # classes and files are sorted: this one sets every size
     Image.new("L", (6000, 4000)).save(first, compress_level=1)
-    with pytest.raises(UserError, match=rf"first training image {first} is 6000x4000 pixels .*resize the images"):
-        load_data(str(tmp_path), WANT)
+    with pytest.raises(UserError, match=rf"first training image {first} is 6000x4000 pixels .*--image-size"):
+        load_data(str(tmp_path), WANT, augment="none")
+    # with the standard augmentation (auto, for a large first image) every sample is 224x224
+    assert load_data(str(tmp_path), WANT).input_shape == (3, 224, 224)
 
 
 def test_large_images_after_the_first_are_resized_down(tmp_path):
     make_folder(tmp_path / "train", per_class=1)
     Image.new("RGB", (3000, 2000)).save(tmp_path / "train" / "dog" / "big.jpg")
     splits = load_data(str(tmp_path), WANT)
-    big = splits.train.files.index(tmp_path / "train" / "dog" / "big.jpg")
+    big = splits.train.files.index(str(tmp_path / "train" / "dog" / "big.jpg"))
     assert splits.input_shape == (3, 6, 8) and splits.train[big][0].shape == (3, 6, 8)
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".webp", ".bmp", ".gif"])
-def test_truncated_photo_is_caught_when_the_data_is_built(tmp_path, suffix):
+def test_truncated_photo_is_caught_when_it_is_read(tmp_path, suffix):
     make_folder(tmp_path, per_class=3, suffix=suffix)
     noise = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
     path = tmp_path / "emu" / f"cut{suffix}"
     Image.fromarray(noise).save(path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(UserError, match=rf"^cannot read image {path} \(.*\); remove or replace the file$"):
-        load_data(str(tmp_path), WANT)
+    with pytest.raises(UserError, match=rf"^cannot read image {path} \(.*\); remove or replace the file, or pass --skip-bad-files"):
+        _read(load_data(str(tmp_path), WANT), path)
 
 
 @pytest.mark.timeout(30)  # reading a FIFO would block for ever
@@ -165,4 +176,4 @@ def test_fifo_named_like_an_image_is_refused_not_skipped(tmp_path):
     make_folder(tmp_path, per_class=2)
     os.mkfifo(tmp_path / "dog" / "2.png")
     with pytest.raises(UserError, match=r"dog/2\.png is a FIFO \(named pipe\), not a regular file"):
-        load_data(str(tmp_path), WANT)
+        _read(load_data(str(tmp_path), WANT), tmp_path / "dog" / "2.png")

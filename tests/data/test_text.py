@@ -5,6 +5,7 @@ import pytest
 import torch
 from dlscale.data import DataSpec, load_data
 from dlscale.data.batches import BatchOrder, eval_batches, first_samples, train_batches
+from dlscale.data.loader import Feed
 from dlscale.data.text import TokenWindows
 from dlscale.errors import UserError
 
@@ -81,12 +82,12 @@ def test_a_batch_is_cut_from_the_file_as_its_windows_are(tmp_path):
     train = load_data(str(tmp_path / "book.txt"), TOKENS).train
     order = BatchOrder(num_samples=len(train), global_batch=8, seed=3)
     permutation = order.permutation(0)
-    for step, (x, y) in enumerate(train_batches(train, order, epoch=0)):
+    for step, (x, y) in enumerate(train_batches(Feed(train), order, epoch=0)):
         index = order.local_indices(permutation, step)
         assert torch.equal(x, torch.stack([train[int(i)][0] for i in index]))
         assert torch.equal(y, torch.stack([train[int(i)][1] for i in index]))
     assert step == len(train) // 8 - 1
-    seen = torch.cat([x for x, _ in eval_batches(train, 10)])
+    seen = torch.cat([x for x, _ in eval_batches(Feed(train), 10)])
     assert torch.equal(seen, torch.stack([train[i][0] for i in range(len(train))]))
 
 

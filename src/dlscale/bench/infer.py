@@ -40,6 +40,8 @@ import torch
 from torch import nn
 
 from dlscale.data.batches import eval_batches
+from dlscale.data.loader import Feed
+from dlscale.data.preprocess import pixels_to_input
 from dlscale.bench.common import percentile
 from dlscale.bench.targets import Target
 from dlscale.hardware.device import DTYPES, describe, synchronize
@@ -341,8 +343,10 @@ def evaluate_accuracy(
     pad = mode == "compiled"  # one batch shape: the last batch is padded, not recompiled
     correct = torch.zeros((), dtype=torch.int64, device=device)
     total = 0
-    for x, y in eval_batches(dataset, EVAL_BATCH):
+    for x, y in eval_batches(Feed(dataset), EVAL_BATCH):
         n = len(y)
+        if getattr(dataset, "pixels", False):  # image folders deliver uint8 pixels
+            x = pixels_to_input(x)
         if pad and n < EVAL_BATCH:
             x = torch.cat([x, x.new_zeros((EVAL_BATCH - n, *x.shape[1:]))])
         if x.is_floating_point():

@@ -15,7 +15,7 @@ import sys
 from typing import NoReturn
 
 from dlscale.version import __version__
-from dlscale.cli import bench, compute, export, forecast, hw, lab, launch, predict, report, serve, train
+from dlscale.cli import bench, compute, data, export, forecast, hw, lab, launch, predict, report, serve, train
 from dlscale.errors import Stopped, UserError
 
 EXIT_USER_ERROR = 2
@@ -38,7 +38,7 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--version", action="version", version=f"dlscale {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for command in (train, predict, export, serve, hw, bench, launch, forecast, compute, report, lab):
+    for command in (train, predict, export, serve, hw, bench, data, launch, forecast, compute, report, lab):
         command.add_parser(subparsers)
     return parser
 

@@ -73,7 +73,15 @@ def add_parser(subparsers: Any) -> None:
     add("--synthetic-samples", type=int, help="training-set size for --data synthetic (default 2048)")
     add("--val-samples", type=int, metavar="N", help="validate on the first N samples of the validation split "
         "(default: all; the test split is always evaluated whole): large corpora validate in seconds")
-    add("--workers", type=int, help="DataLoader worker processes for lazily read data (default 0)")
+    add("--workers", type=_workers, metavar="N|auto", help="loader processes that decode image files ahead of the step "
+        "(default auto: the usable cores per local process minus one, at most 16; data in memory needs none)")
+    add("--augment", choices=("auto", "none", "standard"), help="image folders: standard is RandomResizedCrop + flip "
+        "for training and resize + center crop for evaluation; none resizes whole images to the first one's size "
+        "(default auto: standard for images at least 128 pixels on their shorter side)")
+    add("--image-size", type=int, metavar="PIXELS", help="image folders: the side of the square the model sees "
+        "(default 224, or the first image's shorter side when smaller)")
+    add("--skip-bad-files", action=argparse.BooleanOptionalAction, default=None, help="image folders: replace an "
+        "unreadable image by the next readable one and count it, instead of stopping the run")
     add("--loss", choices=LOSSES, help="auto (default: cross_entropy for class labels, mse for float targets), or mae, huber for float targets")
     add("--metrics", metavar="NAMES", help="comma-separated evaluation metrics: accuracy for classes; mae, mse, r2 for float targets (default accuracy, or mae,r2)")
     add("--init-from", metavar="RUN|CHECKPOINT", help="start from the trained weights of a run (its model.safetensors) or a checkpoint folder: fine-tuning, or more epochs; the source run is not changed")
@@ -90,6 +98,16 @@ def add_parser(subparsers: Any) -> None:
 
 
 NOT_CONFIG = ("config", "json", "handler", "command")
+
+
+def _workers(text: str) -> int | None:
+    """--workers N, or auto (None)."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a number of processes or auto, not {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:

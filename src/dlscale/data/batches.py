@@ -14,9 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from dlscale.data.preprocess import pixels_to_input
+
+if TYPE_CHECKING:
+    from dlscale.data.loader import Feed
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -69,40 +75,28 @@ def head(dataset: Dataset | None, n: int | None) -> Dataset | None:
 
 
 def first_samples(dataset: Dataset, n: int) -> Batch:
-    """The first ``n`` samples as one batch: real inputs for counting FLOPs, for timing
-    settings, and to keep an idle worker's collectives in step."""
+    """The first ``n`` samples as one batch of model inputs (uint8 pixels scaled): real
+    inputs for counting FLOPs, for timing settings, and to keep an idle worker's
+    collectives in step."""
     cut = _indexer(dataset)
     if cut is not None:
         return cut(slice(0, min(n, len(dataset))))
     pairs = [dataset[i] for i in range(min(n, len(dataset)))]
-    return torch.stack([torch.as_tensor(p[0]) for p in pairs]), torch.stack([torch.as_tensor(p[1]) for p in pairs])
+    x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
+    if getattr(dataset, "pixels", False):
+        x = pixels_to_input(x)
+    return x, torch.stack([torch.as_tensor(p[1]) for p in pairs])
 
 
-def train_batches(
-    dataset: Dataset, order: BatchOrder, epoch: int, start_step: int = 0, workers: int = 0
-) -> Iterator[Batch]:
+def train_batches(feed: Feed, order: BatchOrder, epoch: int, start_step: int = 0) -> Iterator[Batch]:
     """This rank's batches of ``epoch``, from step ``start_step`` to the end of the epoch."""
     permutation = order.permutation(epoch)
     steps = range(start_step, order.steps_per_epoch)
-    cut = _indexer(dataset)
-    if cut is not None:
-        for step in steps:
-            yield cut(order.local_indices(permutation, step))
-        return
-    batch_lists = [order.local_indices(permutation, step).tolist() for step in steps]
-    yield from DataLoader(dataset, batch_sampler=batch_lists, num_workers=workers)
+    yield from feed.read((order.local_indices(permutation, step) for step in steps), epoch)
 
 
-def eval_batches(
-    dataset: Dataset, batch_size: int, rank: int = 0, world: int = 1, workers: int = 0
-) -> Iterator[Batch]:
-    """This rank's contiguous share of ``dataset``: every sample counted exactly once, no padding."""
-    n = len(dataset)
+def eval_batches(feed: Feed, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+    """This rank's contiguous share of the feed's data set: every sample counted exactly once, no padding."""
+    n = len(feed.dataset)
     lo, hi = n * rank // world, n * (rank + 1) // world
-    cut = _indexer(dataset)
-    if cut is not None:
-        for start in range(lo, hi, batch_size):
-            yield cut(slice(start, min(start + batch_size, hi)))
-        return
-    batch_lists = [list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size)]
-    yield from DataLoader(dataset, batch_sampler=batch_lists, num_workers=workers)
+    yield from feed.read(slice(start, min(start + batch_size, hi)) for start in range(lo, hi, batch_size))

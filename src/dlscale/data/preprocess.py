@@ -1,15 +1,18 @@
 """How a reader turned raw inputs into model inputs, recorded so that a trained model
 takes raw inputs exactly as its training data took them (RUN/model.json, ``dlscale.load``).
 
-A reader records one of three recipes in ``Splits.preprocess``:
+A reader records one of four recipes in ``Splits.preprocess``:
 
 - ``standardise``: arrays (digits, MNIST, CIFAR-10, .npz). uint8 pixels are scaled to
   [0, 1] (when the reader did that), values are multiplied by ``raw_scale`` (digits'
   0..16 pixels: 1/16), then each channel (feature, for tabular data) is standardised
   with the training set's mean and std.
-- ``image_files``: an image folder. Each file is converted to ``mode`` (L or RGB),
-  resized to ``size`` (width, height) and scaled from [0, 255] to [-1, 1].
+- ``image_files``: an image folder. Each file is cropped to the center ``crop`` share
+  of its shorter side (absent or None: the whole image), resized to ``size`` (width,
+  height), converted to ``mode`` (L or RGB) and scaled from [0, 255] to [-1, 1].
 - ``bytes``: text as byte-level tokens (UTF-8 bytes, vocabulary 256).
+- ``token_ids``: ids of another tokenizer (vocabulary ``vocab_size``, e.g. GPT-2's 50257
+  in a nanoGPT .bin). dlscale has no such tokenizer: the model takes ids, never text.
 
 None (synthetic data, arrays given to ``fit``) means inputs are used as given.
 """
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dlscale.data import images
 from dlscale.errors import UserError
 
 CHANNEL_COUNTS = (1, 3, 4)
@@ -39,22 +43,31 @@ def standardise(mean: np.ndarray, std: np.ndarray, *, uint8_pixels: bool, raw_sc
     }
 
 
-def image_files(mode: str, size: tuple[int, int]) -> dict[str, Any]:
-    return {"kind": "image_files", "mode": mode, "size": [int(size[0]), int(size[1])]}
+def image_files(mode: str, size: tuple[int, int], crop: float | None = None) -> dict[str, Any]:
+    return {"kind": "image_files", "mode": mode, "size": [int(size[0]), int(size[1])], "crop": crop}
 
 
 def byte_tokens() -> dict[str, Any]:
     return {"kind": "bytes", "vocab_size": 256}
 
 
-def decode_image(image: Image.Image, mode: str, size: tuple[int, int]) -> np.ndarray:
-    """One image as the image-folder reader feeds it: float32 (C, H, W) in [-1, 1]."""
-    image = image.convert(mode)
-    if image.size != tuple(size):
-        image = image.resize(tuple(size), Image.Resampling.BILINEAR)
-    pixels = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    x = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    return np.ascontiguousarray(x)
+def token_ids(vocab_size: int) -> dict[str, Any]:
+    """Token ids of a tokenizer dlscale does not have (a nanoGPT .bin): inputs are ids, never text."""
+    return {"kind": "token_ids", "vocab_size": int(vocab_size)}
+
+
+def decode_image(image: Image.Image, mode: str, size: tuple[int, int], crop: float | None = None) -> np.ndarray:
+    """One opened image as the image-folder reader evaluates it: float32 (C, H, W) in [-1, 1]."""
+    box = images.center_crop_box(*image.size, crop) if crop else None
+    return pixels_to_input(images.decode(image, mode, size, box))
+
+
+def pixels_to_input(pixels: np.ndarray | torch.Tensor) -> Any:
+    """uint8 pixels as the model takes them: float32 in [-1, 1] (image folders deliver
+    uint8 and the training device scales them, a quarter of the bytes to copy)."""
+    if isinstance(pixels, torch.Tensor):
+        return pixels.to(torch.float32) / 127.5 - 1.0
+    return pixels.astype(np.float32) / 127.5 - 1.0
 
 
 def encode_text(text: str) -> torch.Tensor:

@@ -51,29 +51,37 @@ def load_text(path: Path, name: str, seq_len: int) -> Splits:
         reason = getattr(error, "strerror", None) or error
         raise UserError(f"cannot read {path} ({reason}); check the path and its permissions") from None
     window = seq_len + 1
-    train_end = len(data) * 9 // 10
-    val_end = len(data) * 19 // 20
-    if train_end < window:
+    if len(data) * 9 // 10 < window:
         needed = (10 * window + 8) // 9  # the smallest size whose first 90% holds one window
         raise UserError(
             f"{path} has {len(data)} bytes, too short for one training window of {window} bytes "
             f"(seq_len {seq_len} + 1); give a text of at least {needed} bytes or a shorter sequence length"
         )
+    train, val, test = split_90_5_5(data, window)
     return Splits(
         name=name,
         kind="tokens",
         input_shape=(seq_len,),
         num_classes=VOCAB_SIZE,
-        train=_windows(data[:train_end], window),
-        val=_windows(data[train_end:val_end], window),
-        test=_windows(data[val_end:], window),
+        train=train,
+        val=val,
+        test=test,
         preprocess=preprocess.byte_tokens(),
     )
 
 
+def split_90_5_5(tokens: np.ndarray, window: int) -> tuple[TokenWindows | None, TokenWindows | None, TokenWindows | None]:
+    """Train, val and test windows from a contiguous 90/5/5 cut of ``tokens``; a part too
+    short for one window is None. Shared with the token .bin reader (data.token_bin)."""
+    train_end = len(tokens) * 9 // 10
+    val_end = len(tokens) * 19 // 20
+    return _windows(tokens[:train_end], window), _windows(tokens[train_end:val_end], window), _windows(tokens[val_end:], window)
+
+
 class TokenWindows(Dataset):
-    """Non-overlapping windows of ``window`` tokens over ``tokens`` (a memory map), as (x, y)
-    next-token pairs of int64. ``gather`` cuts a whole batch with one vectorised index."""
+    """Non-overlapping windows of ``window`` tokens over ``tokens`` (a memory map of uint8,
+    uint16 or uint32 ids: a text's bytes or a token .bin), as (x, y) next-token pairs of
+    int64. ``gather`` cuts a whole batch with one vectorised index; only the batch is cast."""
 
     def __init__(self, tokens: np.ndarray, window: int):
         self.tokens, self.window = tokens, window

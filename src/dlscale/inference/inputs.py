@@ -27,7 +27,7 @@ def is_path_like(value: Any) -> bool:
 def model_inputs(spec: dict[str, Any], inputs: Any) -> tuple[torch.Tensor, list[str] | None]:
     """The batch for the model, and the file each sample came from (None for arrays)."""
     if spec["input_kind"] == "tokens":
-        return token_inputs(inputs), None
+        return token_inputs(inputs, spec.get("preprocess")), None
     paths = _paths(inputs)
     if paths is not None:
         return image_batch(spec, paths), [str(p) for p in paths]
@@ -71,8 +71,8 @@ def image_batch(spec: dict[str, Any], files: list[Path]) -> torch.Tensor:
     channels, height, width = shape
     recipe = spec.get("preprocess") or {}
     if recipe.get("kind") == "image_files":
-        mode, size = recipe["mode"], tuple(recipe["size"])
-        return torch.from_numpy(np.stack([read_image(f, mode, size) for f in files]))
+        mode, size, crop = recipe["mode"], tuple(recipe["size"]), recipe.get("crop")
+        return torch.from_numpy(np.stack([read_image(f, mode, size, crop) for f in files]))
     if channels not in (1, 3):
         raise UserError(f"the model takes {channels}-channel inputs, which image files cannot give; give arrays")
     mode = "L" if channels == 1 else "RGB"
@@ -83,11 +83,19 @@ def image_batch(spec: dict[str, Any], files: list[Path]) -> torch.Tensor:
     return torch.from_numpy(unit)
 
 
-def token_inputs(inputs: Any) -> torch.Tensor:
-    """Text (one string or a list of equally long ones) or token ids as an int64 (B, T) batch."""
+TOKEN_IDS_ONLY = "this model was trained on token ids of a tokenizer dlscale does not have; give token ids"
+
+
+def token_inputs(inputs: Any, recipe: dict[str, Any] | None = None) -> torch.Tensor:
+    """Text (one string or a list of equally long ones) or token ids as an int64 (B, T) batch.
+    A model trained on another tokenizer's ids (recipe ``token_ids``) takes ids only, each
+    below the recipe's vocabulary size."""
     if isinstance(inputs, str):
         inputs = [inputs]
-    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
+    is_text = isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs)
+    if is_text and recipe is not None and recipe.get("kind") == "token_ids":
+        raise UserError(TOKEN_IDS_ONLY)
+    if is_text:
         encoded = [preprocess.encode_text(t) for t in inputs]
         if any(len(e) == 0 for e in encoded):
             raise UserError("a prompt is empty; give at least one character")
@@ -97,6 +105,9 @@ def token_inputs(inputs: Any) -> torch.Tensor:
     ids = torch.as_tensor(np.asarray(inputs))
     if ids.is_floating_point() or ids.dim() not in (1, 2) or ids.numel() == 0:
         raise UserError("a language model takes text or integer token ids of shape (T,) or (B, T)")
+    vocab = (recipe or {}).get("vocab_size")
+    if vocab is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise UserError(f"token ids must be from 0 to {vocab - 1} (the model's vocabulary), got {int(ids.min())}..{int(ids.max())}")
     return ids.long().reshape(-1, ids.shape[-1])
 
 

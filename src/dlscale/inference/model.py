@@ -157,23 +157,34 @@ class Model:
     # ------------------------------------------------------------------ text
 
     def generate(
-        self, prompt: str, max_new_tokens: int = 50, temperature: float = 1.0, top_k: int | None = None, seed: int | None = None
-    ) -> str:
+        self, prompt: str | list[int], max_new_tokens: int = 50, temperature: float = 1.0, top_k: int | None = None,
+        seed: int | None = None,
+    ) -> str | list[int]:
         """``prompt`` continued by ``max_new_tokens`` sampled tokens (temperature 0: greedy),
-        with the model's KV cache."""
+        with the model's KV cache. Text in, text out; token ids (a list of ints) in, the new
+        ids out. A model trained on another tokenizer's ids takes ids only."""
         from dlscale.models.generate import generate
 
         if not self.is_language_model:
             raise UserError("generate is for language models (gpt-tiny, gpt-small); this run is a classifier: use predict")
-        if not isinstance(prompt, str):
-            raise UserError(f"the prompt must be text, got {type(prompt).__name__}")
-        idx = token_inputs(prompt).to(self.device)
+        as_ids = _is_id_list(prompt)
+        if not (isinstance(prompt, str) or as_ids):
+            raise UserError(f"the prompt must be text or a list of token ids, got {type(prompt).__name__}")
+        idx = token_inputs(prompt, self.spec.get("preprocess")).to(self.device)
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(seed))
         with autocast(self.device, self.precision):
             out = generate(self.module, idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
-        return preprocess.decode_tokens(out[0, idx.shape[1]:].cpu())
+        new_tokens = out[0, idx.shape[1]:].cpu()
+        return new_tokens.tolist() if as_ids else preprocess.decode_tokens(new_tokens)
+
+
+def _is_id_list(prompt: Any) -> bool:
+    """A non-empty flat list (or tuple) of ints, bools excluded."""
+    return isinstance(prompt, (list, tuple)) and bool(prompt) and all(
+        isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in prompt
+    )
 
 
 def load(

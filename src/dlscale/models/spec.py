@@ -129,9 +129,13 @@ def _check_recipe(recipe: Any, bad) -> None:
         )
     elif kind == "image_files":
         size = recipe.get("size")
+        crop = recipe.get("crop")  # absent in runs made before crops: the whole image
         ok = recipe.get("mode") in ("L", "RGB") and isinstance(size, list) and len(size) == 2 and all(
             type(v) is int and 0 < v <= 1 << 14 for v in size
-        )
+        ) and (crop is None or (type(crop) is float and 0 < crop <= 1))
+    elif kind == "token_ids":
+        vocab = recipe.get("vocab_size")
+        ok = type(vocab) is int and vocab >= 1
     else:
         ok = kind == "bytes"
     if not ok:

@@ -37,11 +37,13 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "comm": ("op", "bytes", "time_s", "algbw_gbps", "busbw_gbps"),
     "serve": ("mode", "concurrency", "rate", "predictions_per_second", "latency_p50_ms", "latency_p90_ms",
               "latency_p99_ms", "errors", "mean_batch_size", "model_busy", "within_p99_bound"),
+    "data": ("workers", "decoder", "batch_size", "samples_per_second", "spread", "startup_s",
+             "train_samples_per_second", "input_bound"),
 }
 KIND_TITLES = {
     "run": "training run", "train": "training benchmark", "infer": "inference benchmark",
     "scaling": "scaling benchmark", "forecast": "scaling forecast", "comm": "communication benchmark",
-    "compute": "compute of a run", "serve": "serving benchmark",
+    "compute": "compute of a run", "serve": "serving benchmark", "data": "input pipeline benchmark",
 }
 RUN_PROVENANCE_KEYS = ("hostname", "platform", "python", "dlscale", "torch", "cuda", "hip", "driver", "gpu_count")
 

@@ -29,6 +29,23 @@ _claims: dict[Path, int] = {}  # claimed run directory -> the open file descript
 _fresh: dict[Path, set[str] | None] = {}
 
 
+def _drop_claims_in_child() -> None:
+    """A forked child (a data loader's worker) closes its copies of the lock descriptors: the
+    lock then ends with the process that claimed it, not with the last of its children, so
+    a run killed with SIGKILL can be resumed at once."""
+    for fd in _claims.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _claims.clear()
+    _fresh.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_claims_in_child)
+
+
 def claim(path: Path, shared: bool = False) -> None:
     """Hold ``path`` for this run, or raise ``run X is in use by process N on host H``."""
     import fcntl

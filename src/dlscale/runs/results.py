@@ -32,7 +32,7 @@ from dlscale.runs.files import write_json
 SCHEMA_VERSION = 1
 STAMP_KEYS = ("kind", "schema_version")
 
-BENCH_KINDS = ("train", "infer", "comm", "scaling", "serve")
+BENCH_KINDS = ("train", "infer", "comm", "scaling", "serve", "data")
 # what each kind is, in the words of an error message
 KIND_NAMES = {
     "summary": "a run summary (summary.json)",

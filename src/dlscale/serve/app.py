@@ -2,6 +2,7 @@
 
     POST /predict   {"inputs": [...]} (one sample or a list) or an image upload (field "file")
     POST /generate  {"prompt": "...", "max_new_tokens": 50, "temperature": 0.8, "top_k": null}
+                    (a prompt of token ids, [464, 2068, ...], continues as ids)
     GET  /health    200 while the process is up
     GET  /ready     200 once the model is loaded and has run one warm-up batch
     GET  /model     what the model takes and gives, and the batching settings (for clients
@@ -87,16 +88,18 @@ def create_app(
         if not model.is_language_model:
             raise HTTPError(400, "this run is not a language model: POST /predict instead")
         body = _json(await _read_body(request, max_body))
-        if not isinstance(body, dict) or not isinstance(body.get("prompt"), str) or not body["prompt"]:
-            raise HTTPError(400, 'give {"prompt": "some text"}')
+        prompt = body.get("prompt") if isinstance(body, dict) else None
+        ids = isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt)
+        if not ((isinstance(prompt, str) and prompt) or ids):
+            raise HTTPError(400, 'give {"prompt": "some text"} or {"prompt": [token ids]}')
         max_new = _number(body, "max_new_tokens", 50, int, 1, MAX_NEW_TOKENS)
         temperature = _number(body, "temperature", 0.8, float, 0.0, 100.0)
         top_k = _number(body, "top_k", None, int, 1, 1 << 20)
         seed = _number(body, "seed", None, int, 0, 2**63 - 1)
         text = await batcher.run_in_worker(
-            lambda: model.generate(body["prompt"], max_new_tokens=max_new, temperature=temperature, top_k=top_k, seed=seed)
+            lambda: model.generate(prompt, max_new_tokens=max_new, temperature=temperature, top_k=top_k, seed=seed)
         )
-        return JSONResponse({"prompt": body["prompt"], "completion": text})
+        return JSONResponse({"prompt": prompt, "completion": text})
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -263,7 +266,7 @@ def image_tensor(spec: dict[str, Any], data: bytes) -> torch.Tensor:
     channels, height, width = shape
     recipe = spec.get("preprocess") or {}
     if recipe.get("kind") == "image_files":
-        return torch.from_numpy(preprocess.decode_image(image, recipe["mode"], tuple(recipe["size"])))[None]
+        return torch.from_numpy(preprocess.decode_image(image, recipe["mode"], tuple(recipe["size"]), recipe.get("crop")))[None]
     if channels not in (1, 3):
         raise HTTPError(400, f"the model takes {channels}-channel inputs, which images cannot give")
     unit = (preprocess.decode_image(image, "L" if channels == 1 else "RGB", (width, height)) + 1.0) / 2.0

@@ -23,6 +23,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("ddp", "fsdp")
 MONITOR_MODES = ("auto", "min", "max")
 LOGGERS = ("none", "tensorboard")
+AUGMENTS = ("auto", "none", "standard")
 LOSSES = ("auto", "cross_entropy", "mse", "mae", "huber")  # auto: cross_entropy for classes, mse for values
 METRICS = ("accuracy", "mae", "mse", "r2")  # accuracy for classes; the rest for values
 # NumPy's legacy seed range. Every consumer takes it exactly: random, NumPy (no modulo that
@@ -77,7 +78,10 @@ class TrainConfig:
     eval_every_epoch: bool = True
     val_samples: int | None = None  # validate on the first N samples of the validation split; None: all (test: always all)
     synthetic_samples: int | None = None  # training-set size for --data synthetic
-    workers: int = 0  # DataLoader worker processes for lazily read data
+    workers: int | None = None  # loader processes for files decoded per sample; None: auto (data.loader.auto_workers)
+    augment: str = "auto"  # image folders: auto, none, standard (data.imagefolder)
+    image_size: int | None = None  # image folders: the side the model sees; None: 224 or smaller images' own
+    skip_bad_files: bool = False  # image folders: pass over unreadable files and count them, instead of stopping
     early_stop_patience: int | None = None  # validations without improvement before stopping; None: off
     monitor: str = "val_loss"  # the validation record's key that early stopping, keep_best and plateau watch
     monitor_mode: str = "auto"  # auto: max for accuracy and r2, min otherwise
@@ -96,7 +100,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "log_every", "synthetic_samples", "val_samples"):
+        for name in ("max_steps", "log_every", "synthetic_samples", "val_samples", "image_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"{_flag(name)} must be at least 1, got {value}")
@@ -130,6 +134,7 @@ class TrainConfig:
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("monitor_mode", self.monitor_mode, MONITOR_MODES)
         _check_choice("logger", self.logger, LOGGERS)
+        _check_choice("augment", self.augment, AUGMENTS)
         for name in ("early_stop_patience", "reduce_lr_patience"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-from torch.utils.data import Dataset
 
-from dlscale.data.batches import eval_batches, first_samples, head
+from dlscale.data.batches import eval_batches, first_samples
+from dlscale.data.loader import Feed
 from dlscale.distributed import process_group as dist
 from dlscale.errors import UserError
 from dlscale.hardware.device import autocast
@@ -62,7 +62,7 @@ class Evaluator:
         job = self.job
         train_loss = float(torch.stack(epoch_losses).float().mean()) if epoch_losses else None
         record = {"kind": "val", "step": state.step, "epoch": epoch, "train_loss": train_loss,
-                  **self._evaluate(head(job.splits.val, job.config.val_samples), "val")}
+                  **self._evaluate(job.feeds["val"], "val")}
         target, val_accuracy = job.config.target_accuracy, record.get("val_accuracy")
         if target is not None and state.time_to_target_seconds is None and val_accuracy is not None and val_accuracy >= target:
             state.time_to_target_seconds = state.loop_seconds()
@@ -75,17 +75,17 @@ class Evaluator:
 
     def test(self) -> dict[str, float | None]:
         """test_loss and test_<metric> (None without a test set)."""
-        return self._evaluate(self.job.splits.test, "test")
+        return self._evaluate(self.job.feeds["test"], "test")
 
-    def _evaluate(self, dataset: Dataset | None, prefix: str) -> dict[str, float | None]:
+    def _evaluate(self, feed: Feed | None, prefix: str) -> dict[str, float | None]:
         job = self.job
-        found = evaluate(job.stepper, dataset, job.order.local_batch, job.config.workers, self.pet, job.splits.targets)
+        found = evaluate(job.stepper, feed, job.order.local_batch, self.pet, job.splits.targets)
         return {f"{prefix}_{name}": None if found is None else found[name] for name in ("loss", *self.metrics)}
 
 
 @torch.inference_mode()
 def evaluate(
-    s: Stepper, dataset: Dataset | None, batch: int, workers: int, pet: Callable[[], None], targets: str = "classes"
+    s: Stepper, feed: Feed | None, batch: int, pet: Callable[[], None], targets: str = "classes"
 ) -> dict[str, float | None] | None:
     """Mean loss over every sample (every token, for language models), with accuracy for
     ``targets="classes"``, or mae, mse and r2 for ``"values"``; None without data.
@@ -94,15 +94,16 @@ def evaluate(
     padding duplicates); the sums are all-reduced. Under FSDP every forward is a
     collective, so a worker whose share ran out keeps stepping on a zero-weight batch
     until the longest share is done."""
-    if dataset is None or len(dataset) == 0:
+    if feed is None or len(feed.dataset) == 0:
         return None
+    dataset = feed.dataset
     world, rank = dist.world_size(), dist.rank()
     sharded = s.parallel is not s.raw_model and not hasattr(s.parallel, "no_sync")  # FSDP2
     module = s.parallel if sharded else s.raw_model  # eager: a compiled model would recompile for eval
     module.eval()
     longest = max(-(-(len(dataset) * (r + 1) // world - len(dataset) * r // world) // batch) for r in range(world))
     sums = None  # float64 sums, their layout set by _batch_sums
-    batches = eval_batches(dataset, batch, rank=rank, world=world, workers=workers)
+    batches = eval_batches(feed, batch, rank=rank, world=world)
     first = None
     for _ in range(longest):
         x, y = next(batches, (None, None))

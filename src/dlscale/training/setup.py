@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from dlscale.data import Splits, load_data
-from dlscale.data.batches import BatchOrder, first_samples
+from dlscale.data.batches import BatchOrder, first_samples, head
+from dlscale.data.loader import Feed, auto_workers
 from dlscale.distributed import process_group as dist
 from dlscale.distributed.env import ClusterEnv
 from dlscale.errors import UserError
@@ -48,6 +49,7 @@ class Job:
     config: TrainConfig  # resolved: no "auto" left
     run_dir: Path
     splits: Splits
+    feeds: dict[str, Feed | None]  # train, val (cut to --val-samples) and test: how their batches are read
     model_name: str
     stepper: Stepper
     order: BatchOrder
@@ -90,7 +92,8 @@ def setup(
 
     info = None if model is not None else model_info(config.model)
     splits = data if data is not None else load_data(
-        config.data, settings_mod.data_spec(info), seed=config.seed, synthetic_samples=config.synthetic_samples
+        config.data, settings_mod.data_spec(info), seed=config.seed, synthetic_samples=config.synthetic_samples,
+        augment=config.augment, image_size=config.image_size, skip_bad_files=config.skip_bad_files,
     )
     if info is not None:
         _check_kinds(info, splits)
@@ -149,19 +152,31 @@ def setup(
     if dist.is_main():  # what rebuilds the model and prepares raw inputs, for dlscale.load and predict
         write_spec(run_dir, model_spec(config.model if info is not None else None, model, splits, precision, channels_last))
     splits = _keep_small_data_on_device(splits, device)
-    stepper = build_stepper(config, model, device, total_steps, loss_for(splits.targets, loss))
+    stepper = build_stepper(
+        config, model, device, total_steps, loss_for(splits.targets, loss), pixels=getattr(splits.train, "pixels", False)
+    )
     order = BatchOrder(len(splits.train), config.batch_size, config.seed, rank=dist.rank(), world=world)
     parameters = sum(p.numel() for p in model.parameters())
     # looked up now, not in summarize: with no cached figures for this machine it measures for seconds
     machine_peaks = measured_peaks()
     return Job(
-        config=config, run_dir=run_dir, splits=splits, model_name=model_name, stepper=stepper, order=order,
+        config=config, run_dir=run_dir, splits=splits, feeds=_feeds(splits, config, env, device),
+        model_name=model_name, stepper=stepper, order=order,
         total_steps=total_steps, epochs=epochs, flops=flops, metrics=MetricsLog(run_dir / "metrics.jsonl"),
         tokens_per_sample=splits.input_shape[0] if splits.kind == "tokens" else 1,
         parameters=parameters, tuned=tuned,
         peak=peak_for(stepper.device, stepper.precision, machine_peaks),
         machine_peaks=machine_peaks,
     ), resume_from
+
+
+def _feeds(splits: Splits, config: TrainConfig, env: ClusterEnv, device: torch.device) -> dict[str, Feed | None]:
+    """One feed per split, with loader processes for files decoded per sample (auto: the
+    usable cores per local process, minus one) and pinned memory for a GPU."""
+    workers = config.workers if config.workers is not None else auto_workers(splits.train, env.local_world_size)
+    datasets = {"train": splits.train, "val": head(splits.val, config.val_samples), "test": splits.test}
+    pin = device.type == "cuda"
+    return {name: Feed(d, workers, pin) if d is not None else None for name, d in datasets.items()}
 
 
 def agree_on_config(config: TrainConfig, run_dir: Path, env: ClusterEnv, device: torch.device) -> None:

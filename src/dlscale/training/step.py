@@ -15,6 +15,7 @@ import torch
 
 from dlscale.distributed import process_group as dist
 from dlscale.distributed import parallel
+from dlscale.data.preprocess import pixels_to_input
 from dlscale.training.config import TrainConfig
 from dlscale.hardware.device import autocast
 from dlscale.models.flops import Loss, loss_fn
@@ -37,6 +38,7 @@ class Stepper:
     channels_last: bool
     parallel: torch.nn.Module  # the DDP wrapper or the FSDP2 root (raw_model itself with one worker)
     loss: Loss = loss_fn  # the run's loss (models.flops.loss_for): cross-entropy, or MSE/MAE/Huber for regression
+    pixels: bool = False  # inputs come as uint8 pixels (image folders), scaled to [-1, 1] on the device
 
     def sync_gradients(self, sync: bool):
         """Skip the gradient all-reduce on all but the last micro-batch of an accumulated step."""
@@ -86,14 +88,18 @@ def train_step(s: Stepper, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def to_device(s: Stepper, x: torch.Tensor) -> torch.Tensor:
+    """The batch on the model's device (asynchronously from pinned memory), pixels scaled there."""
     x = x.to(s.device, non_blocking=True)
+    if s.pixels and x.dtype == torch.uint8:
+        x = pixels_to_input(x)
     if s.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
 
 def build_stepper(
-    config: TrainConfig, model: torch.nn.Module, device: torch.device, total_steps: int, loss: Loss = loss_fn
+    config: TrainConfig, model: torch.nn.Module, device: torch.device, total_steps: int, loss: Loss = loss_fn,
+    pixels: bool = False,
 ) -> Stepper:
     """Place the model (channels_last, compile) and build its optimizer, schedule and scaler.
     ``config`` is resolved: precision, compile, channels_last and lr are concrete values."""
@@ -117,6 +123,7 @@ def build_stepper(
         channels_last=config.channels_last,
         parallel=wrapped,
         loss=loss,
+        pixels=pixels,
     )
 
 

@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+import torch
+
 from dlscale.distributed import process_group as dist
 from dlscale.hardware.device import describe, peak_memory_bytes
 from dlscale.hardware.mfu import global_counts, utilisation
@@ -73,6 +75,8 @@ class RunSummary:
     monitor: str | None = None
     val_loss: float | None = None  # the last validation's (null without a validation set)
     val_accuracy: float | None = None
+    loader_workers: int = 0  # loader processes per worker that decoded files (0: read in the training process)
+    skipped_files: int | None = None  # unreadable image files passed over (--skip-bad-files), summed over workers; null for data that is not image files
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -146,8 +150,21 @@ def summarize(
         slurm_restart_count=restart_count(),
         test_mae=test.get("test_mae"),
         test_r2=test.get("test_r2"),
+        loader_workers=job.feeds["train"].workers,
+        skipped_files=skipped_files(job),
         **(outcome or {}),  # stopped_early, best_step, best_value, monitor, val_loss, val_accuracy (training/callbacks)
     )
+
+
+def skipped_files(job: Job) -> int | None:
+    """The unreadable files this job's feeds passed over, per worker, summed over workers
+    (collective); None unless the data is image files."""
+    feeds = [f for f in job.feeds.values() if f is not None]
+    if not any(getattr(f.dataset, "keyed_by_epoch", False) for f in feeds):
+        return None
+    local = {str(f.dataset.files[i]) for f in feeds for i in f.skipped}
+    count = torch.tensor(float(len(local)), device=job.stepper.device)
+    return int(dist.sum_over_ranks(count).item())
 
 
 def header(job: Job, start_step: int) -> str:
@@ -156,6 +173,8 @@ def header(job: Job, start_step: int) -> str:
     sizes = " / ".join(f"{len(d)} {n}" for n, d in (("train", s.train), ("val", s.val), ("test", s.test)) if d is not None)
     resumed = f", resuming at step {start_step}" if start_step else ""
     layout = " · channels_last" if job.stepper.channels_last else ""
+    workers = job.feeds["train"].workers
+    layout += f" · {workers} loader process{'es' if workers != 1 else ''}" if workers else ""
     line = (
         f"dlscale: {job.model_name} on {s.name} ({sizes}) · {describe(job.stepper.device)} · {job.stepper.precision}"
         f"{layout} · batch {job.order.global_batch} · {job.total_steps} steps{resumed} → {job.run_dir}"

@@ -92,6 +92,9 @@ class Trainer:
         self.watchdog.pet()  # its clock starts with the loop: setup and restoring are not steps
         with self.watchdog, power, StopRequests() as requests, contextlib.ExitStack() as cleanup:
             cleanup.callback(progress.stop)
+            for feed in job.feeds.values():  # the loader processes end with the loop, not at exit
+                if feed is not None:
+                    cleanup.callback(feed.close)
             cleanup.enter_context(keep_freed_memory(device.type == "cpu"))  # no page faults for reused buffers
             if job.metrics.mirror is not None:
                 cleanup.callback(job.metrics.mirror.close)
@@ -99,7 +102,7 @@ class Trainer:
             while state.step < job.total_steps and stop is None and not self.callbacks.should_stop:
                 epoch, first = divmod(state.step, job.order.steps_per_epoch)
                 epoch_losses: list[torch.Tensor] = []
-                batches = train_batches(job.splits.train, job.order, epoch, first, job.config.workers)
+                batches = train_batches(job.feeds["train"], job.order, epoch, first)
                 for x, y in state.timer.waiting_for(batches):
                     epoch_losses.append(self._train_step(x, y, epoch))
                     self.callbacks.on_step_end(epoch, epoch_losses[-1])
@@ -125,6 +128,9 @@ class Trainer:
             save_final_weights(job.run_dir, job.stepper.raw_model)  # model.safetensors, beside model.json
         summary = self._write_summary(power, test)
         progress.summary_table(summary, str(job.run_dir))
+        if summary["skipped_files"]:
+            progress.print(f"warning: {summary['skipped_files']} unreadable image files were skipped (--skip-bad-files) "
+                           "and other samples read in their place; remove or replace them")
         self.callbacks.on_train_end(summary)
         return TrainResult(summary=summary, run_dir=job.run_dir, model=job.stepper.raw_model)
 
