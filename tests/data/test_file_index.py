@@ -76,3 +76,18 @@ def test_a_cache_naming_files_outside_the_folder_is_ignored(tmp_path):
     assert file_index.scan(tmp_path).children["b"].images == ["0.png", "1.png", "2.png"]
     cache.write_text("{not json")
     assert file_index.scan(tmp_path).children["a"].images == ["0.png", "1.png", "2.png"]
+
+
+def test_a_slow_file_system_is_listed_in_threads_to_the_same_listing(tmp_path, monkeypatch):
+    """Where listing a folder takes long (a parallel file system), the rest are listed in
+    threads; here every folder counts as slow, and the listing is the one listed in turn."""
+    _folder(tmp_path, classes=["a", *(f"c{i:02d}" for i in range(40))], per_class=2)
+    one_by_one = _names(file_index.scan(tmp_path, use_cache=False))
+    monkeypatch.setattr(file_index, "SLOW_LISTING_S", -1.0)
+    threaded = _names(file_index.scan(tmp_path, use_cache=False))
+    assert threaded == one_by_one and len(threaded[2]) == 41
+
+
+def _names(folder):
+    """A listing without its scan times: (folders, images, children)."""
+    return folder.folders, folder.images, {name: _names(sub) for name, sub in folder.children.items()}

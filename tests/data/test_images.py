@@ -72,3 +72,31 @@ def test_flip_mirrors_left_and_right(tmp_path):
     with Image.open(tmp_path / "edge.png") as image:
         flipped = images.decode(image, "L", (6, 4), flip=True)
     assert flipped[0, :, -1].tolist() == [255] * 4 and flipped[0, :, 0].tolist() == [0] * 4
+
+
+@pytest.mark.parametrize("crop", ["center", "random"])
+def test_simplejpeg_and_pillow_decode_the_same_crop_alike(tmp_path, crop):
+    """JPEGs go through simplejpeg where it imports; its pixels match Pillow's for the same
+    crop and flip (both are libjpeg-turbo; within rounding of the scaled DCT)."""
+    from dlscale.data.imagefolder import decode_data
+
+    assert images.simplejpeg is not None  # a dependency: the fast path is what training uses
+    data = _photo(tmp_path / "p.jpg", (1200, 900)).read_bytes()
+    assert images.fast_jpeg(data) and not images.fast_jpeg(data, "pillow")
+    rng = (lambda: np.random.default_rng(3)) if crop == "random" else (lambda: None)
+    fast = decode_data(data, "p.jpg", "RGB", (96, 96), 0.875, rng(), "auto")
+    slow = decode_data(data, "p.jpg", "RGB", (96, 96), 0.875, rng(), "pillow")
+    assert fast.shape == slow.shape == (3, 96, 96) and np.abs(fast.astype(int) - slow.astype(int)).mean() < 2
+    grey = decode_data(data, "p.jpg", "L", (32, 24), None)
+    assert grey.shape == (1, 24, 32)
+
+
+def test_a_cmyk_or_broken_jpeg_goes_to_pillow_which_names_the_file(tmp_path):
+    from dlscale.data.imagefolder import decode_data
+    from dlscale.errors import UserError
+
+    Image.new("CMYK", (40, 30), (0, 50, 100, 0)).save(tmp_path / "c.jpg")
+    data = (tmp_path / "c.jpg").read_bytes()
+    assert not images.fast_jpeg(data) and decode_data(data, "c.jpg", "RGB", (8, 8), None).shape == (3, 8, 8)
+    with pytest.raises(UserError, match=r"cannot read image cut\.jpg \("):
+        decode_data(_photo(tmp_path / "x.jpg").read_bytes()[:500], "cut.jpg", "RGB", (8, 8), None)

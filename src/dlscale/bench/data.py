@@ -4,8 +4,9 @@ how fast the model trains them on this device, and so whether a run would wait f
 Three measurements, each repeated (median and spread):
 
 - **decode**: one process decoding and cropping the training files alone, no loader,
-  for each decoder (Pillow with JPEG draft mode, the pipeline's; Pillow decoding every
-  pixel, to show what draft mode buys). This is the rate one loader process can reach.
+  for each decoder (Pillow with JPEG draft mode; Pillow decoding every pixel, to show
+  what draft mode buys; simplejpeg, which the pipeline uses for JPEGs where it imports).
+  This is the rate one loader process can reach.
 - **loader**: the training feed itself (``data.loader.Feed``: the run's augmentation,
   batches, worker processes) at each ``--workers`` count; the first batch (worker start)
   is timed apart.
@@ -29,8 +30,9 @@ import numpy as np
 import torch
 
 from dlscale.bench.common import bench_run_dir, median_spread, result_object, write_result
+from dlscale.bench.reliability import Interference, spread_fields
 from dlscale.bench.train import Setting, Workload, measure, resolve_settings
-from dlscale.data import load_data
+from dlscale.data import images, load_data
 from dlscale.data.batches import BatchOrder, train_batches
 from dlscale.data.loader import Feed, usable_cores
 from dlscale.errors import UserError
@@ -38,7 +40,8 @@ from dlscale.hardware.device import resolve_device
 from dlscale.models import model_info
 from dlscale.training.settings import data_spec
 
-DECODERS = ("pillow", "pillow-full")  # pillow: draft mode (what training uses); pillow-full: every pixel decoded
+# pillow: with JPEG draft mode; pillow-full: every pixel decoded (what draft mode saves); simplejpeg where it imports
+DECODERS = ("pillow", "pillow-full", "simplejpeg")
 REPEATS = 3
 
 
@@ -67,6 +70,7 @@ def run_bench_data(request: DataBenchRequest, say: Callable[[str], None] = lambd
     if len(train) < request.batch_size:
         raise UserError(f"--batch-size {request.batch_size} is larger than the training set ({len(train)} samples)")
     device = resolve_device(request.device)
+    interference = Interference.snapshot()
 
     decode = {name: _decode_rate(train, name, request.seconds / 2, say) for name in _decoders(train)}
     rows = [_loader_row(train, workers, request, say) for workers in request.workers]
@@ -88,13 +92,15 @@ def run_bench_data(request: DataBenchRequest, say: Callable[[str], None] = lambd
         "workers_needed": needed,
         "advice": _advice(rows, train_rate, needed),
     }
-    result = result_object(rows, kind="data", **extra)
+    result = result_object(rows, kind="data", interference=interference, spread="samples_per_second", **extra)
     path = write_result(run_dir, "data", result)
     return result, path
 
 
 def _decoders(dataset) -> tuple[str, ...]:
-    return DECODERS if hasattr(dataset, "decode") else ()
+    if not hasattr(dataset, "decode"):
+        return ()
+    return tuple(d for d in DECODERS if d != "simplejpeg" or images.simplejpeg is not None)
 
 
 def _augment_of(dataset) -> str | None:
@@ -105,14 +111,13 @@ def _augment_of(dataset) -> str | None:
 
 def _decode_rate(dataset, decoder: str, seconds: float, say: Callable[[str], None]) -> dict[str, Any]:
     """One process decoding training samples with ``decoder``, no loader: samples/s, median of repeats."""
-    draft = decoder != "pillow-full"
     rates = []
     index = 0
     for _ in range(REPEATS):
         count, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds / REPEATS or count < 4:
             rng = np.random.default_rng((0, 0, index)) if dataset.random_crop else None
-            dataset.decode(index % len(dataset), rng, draft)
+            dataset.decode(index % len(dataset), rng, decoder)
             index, count = index + 1, count + 1
         rates.append(count / (time.perf_counter() - start))
     median, spread = median_spread(rates)
@@ -142,11 +147,12 @@ def _loader_row(dataset, workers: int, request: DataBenchRequest, say: Callable[
         f"first batch after {startup:.2f} s")
     return {
         "workers": feed.workers,
-        "decoder": "pillow" if hasattr(dataset, "decode") else None,
+        "decoder": ("simplejpeg" if images.simplejpeg is not None else "pillow") if hasattr(dataset, "decode") else None,
         "batch_size": request.batch_size,
         "samples_per_second": median,
         "spread": spread,
         "repeats": rates,
+        **spread_fields("samples_per_second", rates),
         "startup_s": startup,
     }
 

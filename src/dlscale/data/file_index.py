@@ -1,4 +1,5 @@
-"""The listing of an image folder, scanned in parallel and cached, so that start-up does
+"""The listing of an image folder, cached (and listed in threads where the file system is
+slow to answer, as parallel file systems are), so that start-up does
 not grow with the number of files: a second start on a folder of 100,000 images reads one
 JSON file and stats the class folders, not the images.
 
@@ -29,9 +30,12 @@ from typing import Any
 from dlscale.hardware.peaks import cache_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+IMAGE_EXTENSIONS = {suffix[1:] for suffix in IMAGE_SUFFIXES}
 SCHEMA_VERSION = 1
 RACY_SECONDS = 2.0
-SCAN_THREADS = 16  # listing a folder waits on the file system, so threads overlap even on few cores
+SCAN_THREADS = 16  # on a slow file system listing a folder is a wait, so threads overlap even on few cores
+PROBE_FOLDERS = 16  # folders listed one by one before deciding whether threads would pay
+SLOW_LISTING_S = 0.002  # a folder listed slower than this: a network file system, listed in threads
 DEPTH = 3  # root / [train|val|test] / class / images
 
 
@@ -48,53 +52,69 @@ class Folder:
 
 def scan(root: Path, *, use_cache: bool = True) -> Folder:
     """``root`` listed three levels deep, reusing the cached listing of every folder whose
-    mtime has not moved. Each level's folders are listed in parallel."""
-    root = Path(os.path.realpath(root))
+    mtime has not moved."""
+    root = os.path.realpath(root)  # strings, not Paths, for 100,000 names: a Path costs more than the listing
     cached = _read_cache(root) if use_cache else None
     top = _list(root, cached)
     level = [(top, root, cached)]
-    with ThreadPoolExecutor(SCAN_THREADS) as pool:
-        for _ in range(DEPTH - 1):
-            jobs = [
-                (parent, name, path / name, old.children.get(name) if old is not None else None)
-                for parent, path, old in level
-                for name in parent.folders
-            ]
-            found = pool.map(lambda job: _list_or_none(job[2], job[3]), jobs)
-            level = []
-            for (parent, name, path, old), folder in zip(jobs, found):
-                if folder is not None:  # removed or unreadable meanwhile: left out, as a hidden one
-                    parent.children[name] = folder
-                    level.append((folder, path, old))
+    for _ in range(DEPTH - 1):
+        jobs = [
+            (parent, name, os.path.join(path, name), old.children.get(name) if old is not None else None)
+            for parent, path, old in level
+            for name in parent.folders
+        ]
+        found = _list_many([(path, old) for _, _, path, old in jobs])
+        level = []
+        for (parent, name, path, old), folder in zip(jobs, found):
+            if folder is not None:  # removed or unreadable meanwhile: left out, as a hidden one
+                parent.children[name] = folder
+                level.append((folder, path, old))
     if use_cache and top != cached:
         _write_cache(root, top)
     return top
 
 
+def _list_many(jobs: list[tuple[str, Folder | None]]) -> list[Folder | None]:
+    """The folders listed one after another while that is quick (a local disk answers in
+    microseconds, and threads would only contend for the interpreter); when the first
+    ones take over ``SLOW_LISTING_S`` each (a parallel file system's round trips), the
+    rest in ``SCAN_THREADS`` threads, whose waits overlap."""
+    found: list[Folder | None] = []
+    start = time.perf_counter()
+    for path, old in jobs[:PROBE_FOLDERS]:
+        found.append(_list_or_none(path, old))
+    rest = jobs[len(found):]
+    if rest and (time.perf_counter() - start) / max(1, len(found)) > SLOW_LISTING_S:
+        with ThreadPoolExecutor(SCAN_THREADS) as pool:
+            return found + list(pool.map(lambda job: _list_or_none(*job), rest))
+    return found + [_list_or_none(path, old) for path, old in rest]
+
+
 def image_suffix(name: str) -> bool:
     """An image file's name: a known suffix, not hidden (macOS archives carry '._name.png' files that are not images)."""
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+    base, dot, suffix = name.rpartition(".")
+    return bool(dot) and bool(base) and not name.startswith(".") and suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _list(path: Path, cached: Folder | None) -> Folder:
+def _list(path: str, cached: Folder | None) -> Folder:
     """One folder's subfolders and images: the cached ones while its mtime stands."""
     stat = os.stat(path)
     now = time.time()
     if cached is not None and cached.mtime_ns == stat.st_mtime_ns and stat.st_mtime < cached.scanned_at - RACY_SECONDS:
         return Folder(cached.mtime_ns, cached.scanned_at, cached.folders, cached.images)
     folders, images = [], []
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                folders.append(entry.name)
-            elif image_suffix(entry.name):  # a FIFO named like an image is kept: reading it is refused by name
-                images.append(entry.name)
+    for name in os.listdir(path):  # names only, read in one call: no per-entry work but ours
+        if name[0] == ".":
+            continue
+        suffix = name.rpartition(".")[2]  # image_suffix inline: it runs for every file
+        if suffix != name and suffix.lower() in IMAGE_EXTENSIONS:  # a FIFO or folder named like an image is kept: reading it is refused by name
+            images.append(name)
+        elif os.path.isdir(os.path.join(path, name)):
+            folders.append(name)
     return Folder(stat.st_mtime_ns, now, sorted(folders), sorted(images))
 
 
-def _list_or_none(path: Path, cached: Folder | None) -> Folder | None:
+def _list_or_none(path: str, cached: Folder | None) -> Folder | None:
     try:
         return _list(path, cached)
     except (FileNotFoundError, PermissionError, NotADirectoryError):
@@ -104,12 +124,12 @@ def _list_or_none(path: Path, cached: Folder | None) -> Folder | None:
 # --------------------------------------------------------------------------- the cache file
 
 
-def cache_file(root: Path) -> Path:
+def cache_file(root: str | Path) -> Path:
     digest = hashlib.sha256(str(root).encode()).hexdigest()[:24]
     return cache_dir() / "file-index" / f"{digest}.json"
 
 
-def _read_cache(root: Path) -> Folder | None:
+def _read_cache(root: str) -> Folder | None:
     try:
         data = json.loads(cache_file(root).read_text())
         if data.get("schema_version") != SCHEMA_VERSION or data.get("root") != str(root):
@@ -137,7 +157,7 @@ def _folder_dict(folder: Folder) -> dict[str, Any]:
     }
 
 
-def _write_cache(root: Path, listing: Folder) -> None:
+def _write_cache(root: str, listing: Folder) -> None:
     path = cache_file(root)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ so a quarter of the bytes cross from the workers and to the GPU. The augmentatio
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -208,25 +209,37 @@ def _checked_size(path: Path, size: tuple[int, int]) -> tuple[int, int]:
     return size
 
 
-def decode_file(path: Path, mode: str, size: tuple[int, int], crop: float | None,
-                rng: np.random.Generator | None = None, draft: bool = True) -> np.ndarray:
-    """One file as uint8 (C, H, W) (``decode_opened``); any failure is one UserError naming the file."""
-    with _open_image(path) as image:
-        return decode_opened(image, path, mode, size, crop, rng, draft)
-
-
-def decode_opened(image: Image.Image, name: object, mode: str, size: tuple[int, int], crop: float | None,
-                  rng: np.random.Generator | None = None, draft: bool = True) -> np.ndarray:
-    """An opened image as uint8 (C, H, W): a random crop and flip with ``rng``, else the
-    center ``crop`` share (None: the whole image). A failure is one UserError naming ``name``."""
-    width, height = image.size
-    if rng is not None:
-        box, flip = images.random_crop_box(rng, width, height), bool(rng.integers(2))
-    else:
-        box, flip = (images.center_crop_box(width, height, crop) if crop else None), False
+def decode_file(path: Path | str, mode: str, size: tuple[int, int], crop: float | None,
+                rng: np.random.Generator | None = None, decoder: str = "auto") -> np.ndarray:
+    """One file as uint8 (C, H, W) (``decode_data``); any failure is one UserError naming the file."""
+    require_regular_file(path)  # a FIFO would block the read
     try:
-        return images.decode(image, mode, size, box, flip, draft)
-    except Exception as error:  # truncated data, a bad stream: found only when decoding
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as error:
+        raise UserError(f"cannot read image {path} ({error.strerror or error}); remove or replace the file") from None
+    return decode_data(data, path, mode, size, crop, rng, decoder)
+
+
+def decode_data(data: bytes, name: object, mode: str, size: tuple[int, int], crop: float | None,
+                rng: np.random.Generator | None = None, decoder: str = "auto") -> np.ndarray:
+    """An image's bytes as uint8 (C, H, W): a random crop and flip with ``rng``, else the
+    center ``crop`` share (None: the whole image); JPEGs through simplejpeg where it imports
+    (``decoder`` auto), else Pillow (``pillow-full``: without draft mode). A failure is one
+    UserError naming ``name``."""
+    try:
+        fast = images.fast_jpeg(data, decoder)
+        image = None if fast else Image.open(io.BytesIO(data))
+        width, height = images.jpeg_size(data) if fast else image.size
+        if rng is not None:
+            box, flip = images.random_crop_box(rng, width, height), bool(rng.integers(2))
+        else:
+            box, flip = (images.center_crop_box(width, height, crop) if crop else None), False
+        if fast:
+            return images.decode_jpeg(data, mode, size, box, flip)
+        with image:
+            return images.decode(image, mode, size, box, flip, draft=decoder != "pillow-full")
+    except Exception as error:  # Pillow and simplejpeg raise many types for broken data
         raise UserError(f"cannot read image {name} ({error}); remove or replace the file") from None
 
 
@@ -284,9 +297,9 @@ class ImageFiles(Dataset):
         channels = 1 if self.mode == "L" else 3
         return np.zeros((channels, self.size[1], self.size[0]), np.uint8), -1, first_bad
 
-    def decode(self, index: int, rng: np.random.Generator | None = None, draft: bool = True) -> np.ndarray:
+    def decode(self, index: int, rng: np.random.Generator | None = None, decoder: str = "auto") -> np.ndarray:
         """Sample ``index``'s pixels (a subclass may read them from elsewhere than a file)."""
-        return decode_file(self.files[index], self.mode, self.size, self.crop, rng, draft)
+        return decode_file(self.files[index], self.mode, self.size, self.crop, rng, decoder)
 
     def unreadable(self, index: int) -> UserError:
         """The error for file ``index``, with Pillow's reason when reading it again still fails."""

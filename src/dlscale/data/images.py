@@ -25,12 +25,18 @@ import math
 import numpy as np
 from PIL import Image
 
+try:  # libjpeg-turbo through a thin binding: 1.2-1.4x Pillow's JPEG decode here (benchmarks/data_decoders.py)
+    import simplejpeg
+except ImportError:  # optional: Pillow decodes everything without it
+    simplejpeg = None
+
 Box = tuple[float, float, float, float]  # left, top, right, bottom in the image's pixels
 
 CENTER_CROP = 224 / 256  # evaluation: the center square of this share of the shorter side
 CROP_SCALE = (0.08, 1.0)  # training: the crop's share of the image's area
 CROP_RATIO = (3 / 4, 4 / 3)  # training: the crop's aspect (width / height)
 CROP_TRIES = 10  # random crops tried before falling back to the center, as torchvision
+DECODERS = ("auto", "pillow", "pillow-full", "simplejpeg")  # auto: simplejpeg for JPEGs where it imports, else pillow
 DIRECT_MODES = ("L", "RGB")  # modes resized as they are; others (palette, alpha, CMYK, 16-bit) are converted first
 
 
@@ -97,3 +103,40 @@ def _draft(image: Image.Image, mode: str, size: tuple[int, int], box: Box) -> Bo
     image.draft(mode, (math.ceil(width / scale), math.ceil(height / scale)))
     sx, sy = image.size[0] / width, image.size[1] / height
     return (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+
+
+def fast_jpeg(data: bytes, decoder: str = "auto") -> bool:
+    """Whether ``data`` goes to simplejpeg: a JPEG (SOI marker), simplejpeg importable, and
+    the decoder auto or simplejpeg. It decodes only YCbCr and grey JPEGs: CMYK goes to Pillow."""
+    if simplejpeg is None or decoder not in ("auto", "simplejpeg") or data[:2] != b"\xff\xd8":
+        return False
+    try:
+        _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return False  # broken: Pillow reports it with its reason
+    return colorspace in ("YCbCr", "Gray")
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    return width, height
+
+
+def decode_jpeg(data: bytes, mode: str, size: tuple[int, int], box: Box | None = None, flip: bool = False) -> np.ndarray:
+    """``decode`` for a JPEG's bytes through simplejpeg: the DCT scaled down as draft mode
+    does (the smallest scale that keeps the box at least ``size``), then Pillow's resize."""
+    width, height = jpeg_size(data)
+    box = box or (0, 0, width, height)
+    scale = min((box[2] - box[0]) / size[0], (box[3] - box[1]) / size[1])
+    minimum = {"min_width": math.ceil(width / scale), "min_height": math.ceil(height / scale)} if scale >= 2 else {}
+    pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if mode == "L" else "RGB", **minimum)
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[..., 0]
+    image = Image.fromarray(pixels)
+    sx, sy = image.size[0] / width, image.size[1] / height
+    image = image.resize(size, Image.Resampling.BILINEAR, box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
+    if flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if image.mode == "L":
+        return np.array(image)[None]
+    return np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))

@@ -50,7 +50,7 @@ from PIL import Image
 from dlscale.data.file_index import IMAGE_SUFFIXES
 from dlscale.data.guards import require_regular_file
 from dlscale.data.imagefolder import (
-    SPLIT_NAMES, ImageFiles, decode_opened, image_splits, is_image_folder, labelled_samples,
+    SPLIT_NAMES, ImageFiles, decode_data, image_splits, is_image_folder, labelled_samples,
 )
 from dlscale.data.splits import Splits
 from dlscale.errors import UserError
@@ -306,10 +306,8 @@ class ShardImages(ImageFiles):
     def head(self, n: int) -> ShardImages:
         return ShardImages([(self.member(i), self.labels[i]) for i in range(n)], self.mode, self.size, **self.options)
 
-    def decode(self, index: int, rng: np.random.Generator | None = None) -> np.ndarray:
-        name = self.files[index]
-        with _opened(self.member_bytes(index), name) as image:
-            return decode_opened(image, name, self.mode, self.size, self.crop, rng)
+    def decode(self, index: int, rng: np.random.Generator | None = None, decoder: str = "auto") -> np.ndarray:
+        return decode_data(self.member_bytes(index), self.files[index], self.mode, self.size, self.crop, rng, decoder)
 
     def member_bytes(self, index: int) -> bytes:
         """The image's bytes, by one pread from the shard's tar, kept open in this process."""
