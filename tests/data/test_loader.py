@@ -7,7 +7,8 @@ from PIL import Image
 
 from dlscale.data import DataSpec, load_data
 from dlscale.data.batches import BatchOrder, eval_batches, first_samples, train_batches
-from dlscale.data.loader import Feed, auto_workers, usable_cores
+from dlscale.data.loader import Feed, auto_workers
+from dlscale.hardware.inventory import usable_cores
 from dlscale.errors import UserError
 
 WANT = DataSpec("image", (3, 32, 32), 3)

@@ -17,24 +17,16 @@ feed then stops with the file's name, or, with --skip-bad-files, counts it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dlscale.data.batches import Batch, _indexer
+from dlscale.hardware.inventory import usable_cores
 
 PREFETCH_BATCHES = 4  # per worker: enough to ride out one slow file without holding much memory
 MAX_AUTO_WORKERS = 16
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (a SLURM or container CPU set, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
 
 
 def auto_workers(dataset: Dataset, local_processes: int = 1) -> int:
@@ -43,7 +35,7 @@ def auto_workers(dataset: Dataset, local_processes: int = 1) -> int:
     the usable cores per local training process, minus the one that trains, capped."""
     if _indexer(dataset) is not None or not getattr(dataset, "keyed_by_epoch", False):
         return 0
-    return max(0, min(MAX_AUTO_WORKERS, usable_cores() // max(1, local_processes) - 1))
+    return max(0, min(MAX_AUTO_WORKERS, (usable_cores() or 1) // max(1, local_processes) - 1))
 
 
 class Feed:
