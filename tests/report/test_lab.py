@@ -1,4 +1,5 @@
 import json
+import re
 
 import torch
 
@@ -20,6 +21,10 @@ def test_quick_lab_measures_predicts_and_reports(tmp_path):
     html = (lab / "report.html").read_text()
     assert "data:image/png;base64," in html and "No GPU was found" in html
     assert "lab report:" in done.stderr
+    # without a terminal, one plain line as each experiment finishes, and no ANSI codes
+    assert "\x1b[" not in done.stderr
+    finished = re.findall(r"^\[(\d+)/4\] (lab \([a-d]\))", done.stderr, re.M)
+    assert finished == [(str(n), f"lab ({c})") for n, c in zip(range(1, 5), "abcd")], done.stderr[-3000:]
 
 
 def test_lab_refuses_a_folder_that_holds_something(tmp_path):

@@ -13,6 +13,7 @@ from dlscale.errors import UserError
 from dlscale.models.flops import count, loss_for
 from dlscale.progress import TrainProgress
 from dlscale.training import config as config_mod
+from dlscale.data.loader import Feed
 from dlscale.training.evaluate import evaluate
 from dlscale.training.step import build_stepper
 from tests.conftest import last_json, run_cli
@@ -97,9 +98,9 @@ def test_evaluation_sums_are_exact_however_the_samples_are_split():
     model = torch.nn.Linear(6, 2)
     config = config_mod.build(precision="fp32", compile=False, channels_last=False, lr=0.01, weight_decay=0.0, warmup_steps=0)
     stepper = build_stepper(config, model, torch.device("cpu"), 1, loss_for("values"))
-    data = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
-    whole = evaluate(stepper, data, 100, 0, lambda: None, "values")
-    assert evaluate(stepper, data, 7, 0, lambda: None, "values") == pytest.approx(whole, rel=1e-6)  # the loss sums in float32
+    data = Feed(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)))
+    whole = evaluate(stepper, data, 100, lambda: None, "values")
+    assert evaluate(stepper, data, 7, lambda: None, "values") == pytest.approx(whole, rel=1e-6)  # the loss sums in float32
     pred = model(torch.from_numpy(x)).detach().numpy()
     assert whole["r2"] == pytest.approx(r2_score(pred, y), rel=1e-6)
     assert whole["mae"] == pytest.approx(float(np.abs(pred - y).mean()), rel=1e-6)

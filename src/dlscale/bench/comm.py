@@ -47,6 +47,7 @@ from dlscale.errors import UserError
 if TYPE_CHECKING:
     from dlscale.distributed.elastic import LaunchPlan
     from dlscale.distributed.env import ClusterEnv
+    from dlscale.progress import SweepProgress
 
 OPS = ("all_reduce", "all_gather", "broadcast")
 ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -115,9 +116,13 @@ class CommSettings:
     warmup: int = 5
 
 
-def measure(settings: CommSettings, device: Any, say: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def measure(settings: CommSettings, device: Any, say: Callable[[str], None] | None = None,
+            progress: SweepProgress | None = None) -> list[dict[str, Any]]:
     """Time every op x size in the process group this process has joined; every rank gets
-    the same rows (the slowest rank's time). ``say`` receives a progress line per op."""
+    the same rows (the slowest rank's time). ``say`` receives a line per op, ``progress``
+    each op x size as it starts and finishes."""
+    from dlscale.progress import SweepProgress
+
     import torch
     import torch.distributed as tdist
 
@@ -130,11 +135,14 @@ def measure(settings: CommSettings, device: Any, say: Callable[[str], None] | No
     where = "cpu" if device.type == "cpu" else f"cuda ({torch.cuda.get_device_name(device)})"
     gather_into = getattr(tdist, "all_gather_single", None) or getattr(tdist, "all_gather_into_tensor", None)
     rows = []
+    progress = progress or SweepProgress(None)
+    progress.set_total(len(settings.ops) * len(settings.sizes))
     for op in settings.ops:
         if say:
             say(f"{op}: {len(settings.sizes)} size(s), {settings.warmup} warm-up + {settings.iters} timed each")
         for requested in settings.sizes:
             count, nbytes = shape_for(op, requested, settings.dtype, world)
+            progress.start(f"{op} {human_bytes(nbytes)}")
             try:
                 buffers = _allocate(op, count, world, dtype, device)
             except torch.OutOfMemoryError:
@@ -171,6 +179,7 @@ def measure(settings: CommSettings, device: Any, say: Callable[[str], None] | No
                 "backend": backend,
                 "device": where,
             })
+            progress.finish(f"{rows[-1]['busbw_gbps']:.3f} GB/s busbw")
     return rows
 
 
@@ -258,6 +267,7 @@ def launch_workers(settings: CommSettings, plan: LaunchPlan, device: str, worker
     comm --worker-of RUN_DIR WORKER_FLAGS``; the result object and the file it was written
     to, or None where rank 0 ran on another node (whose launcher writes the result)."""
     from dlscale.bench.common import bench_run_dir, result_object, write_result
+    from dlscale.bench.reliability import Interference
     from dlscale.distributed.elastic import check_devices, launch
     from dlscale.runs import directory as runs
 
@@ -267,6 +277,7 @@ def launch_workers(settings: CommSettings, plan: LaunchPlan, device: str, worker
     path = bench_run_dir("comm", f"{world}ranks", run_dir)
     runs.create_run_dir(path)  # the workers' logs go here from the start
     say(f"dlscale: starting {world} workers ({plan.nproc} per node) through torchrun's elastic agent → {path}")
+    interference = Interference.snapshot()
     launch(["bench", "comm", "--worker-of", str(path), *worker_flags], plan, log_dir=path / "logs")
     rows_path = path / ROWS_FILE
     if not rows_path.exists():
@@ -274,20 +285,22 @@ def launch_workers(settings: CommSettings, plan: LaunchPlan, device: str, worker
             return None
         raise UserError(f"the workers finished but wrote no {rows_path}; see their logs under {path / 'logs'}")
     written = json.loads(rows_path.read_text())
-    result = result_object(written["rows"], kind="comm", **_result_meta(settings, written))
+    result = result_object(written["rows"], kind="comm", interference=interference, **_result_meta(settings, written))
     result_path = write_result(path, "comm", result)
     rows_path.unlink(missing_ok=True)  # the rows now live in bench-comm.json
     return result, result_path
 
 
 def measure_as_rank(settings: CommSettings, env: ClusterEnv, device: str, timeout_s: float, worker_of: str | None,
-                    run_dir: str | None, say: Callable[[str], None]) -> tuple[dict[str, Any], Path] | None:
+                    run_dir: str | None, say: Callable[[str], None], progress: SweepProgress | None = None,
+                    ) -> tuple[dict[str, Any], Path] | None:
     """Measure as one rank of the job ``env`` describes (a group of one when it is one
     process): rank 0 leaves the rows in ``worker_of`` for its launcher, or writes the result
     itself; the result object and its file where this rank wrote one, else None."""
     import torch.distributed as tdist
 
     from dlscale.bench.common import bench_run_dir, result_object, write_result
+    from dlscale.bench.reliability import Interference
     from dlscale.distributed import process_group as dist
     from dlscale.hardware.device import resolve_device
     from dlscale.runs.files import write_json
@@ -309,8 +322,9 @@ def measure_as_rank(settings: CommSettings, env: ClusterEnv, device: str, timeou
             run_dir = dist.on_main(lambda: bench_run_dir("comm", f"{world}ranks", run_dir))
         if main:
             say(f"dlscale bench comm: {world} rank(s), {tdist.get_backend()} on {torch_device.type}, {settings.dtype}")
+        interference = Interference.snapshot()
         try:
-            rows = measure(settings, torch_device, say=say if main else None)
+            rows = measure(settings, torch_device, say=say if main else None, progress=progress if main else None)
         except (RuntimeError, dist.DistError) as exc:
             failure = dist.collective_failure(exc, timeout_s)
             if failure is not None:
@@ -323,7 +337,7 @@ def measure_as_rank(settings: CommSettings, env: ClusterEnv, device: str, timeou
         if worker_of:
             write_json(Path(worker_of) / ROWS_FILE, {**meta, "rows": rows})
             return None
-        result = result_object(rows, kind="comm", **_result_meta(settings, meta))
+        result = result_object(rows, kind="comm", interference=interference, **_result_meta(settings, meta))
         return result, write_result(Path(run_dir), "comm", result)
     finally:
         if own_group:

@@ -7,6 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from dlscale.bench import reliability
+from dlscale.bench.reliability import Interference
 from dlscale.hardware.provenance import provenance
 from dlscale.runs import results
 from dlscale.runs.directory import check_new_run_dir, create_run_dir, default_run_dir
@@ -20,11 +22,19 @@ def bench_run_dir(kind: str, model: str, requested: str | None) -> Path:
     return path
 
 
-def result_object(rows: list[dict[str, Any]], *, kind: str, **extra: Any) -> dict[str, Any]:
+def result_object(
+    rows: list[dict[str, Any]], *, kind: str, interference: Interference | None = None, spread: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """The result object of a benchmark or a forecast (``kind``, see runs.results):
     provenance, the rows, and the first row's keys repeated at the top level so a
-    single-setting benchmark reads flat."""
+    single-setting benchmark reads flat. A benchmark passes the ``interference`` snapshot
+    taken before it measured, and ``spread``, the figure whose ``<spread>_cv`` its rows
+    carry: the result then says whether it is ``reliable`` (see bench.reliability)."""
     flat = dict(rows[0]) if rows else {}
+    if interference is not None:
+        cvs = [{"cv": row.get(f"{spread}_cv")} for row in rows] if spread else []
+        extra = {**reliability.fields(interference.after(), cvs), **extra}
     return results.stamp(kind, {**flat, **extra, "provenance": provenance(), "results": rows})
 
 

@@ -34,7 +34,8 @@ from dlscale.bench.reliability import Interference, spread_fields
 from dlscale.bench.train import Setting, Workload, measure, resolve_settings
 from dlscale.data import images, load_data
 from dlscale.data.batches import BatchOrder, train_batches
-from dlscale.data.loader import Feed, usable_cores
+from dlscale.data.loader import Feed
+from dlscale.hardware.inventory import usable_cores
 from dlscale.errors import UserError
 from dlscale.hardware.device import resolve_device
 from dlscale.models import model_info

@@ -16,7 +16,9 @@ How one setting (precision x mode) is measured:
 - Everything runs under ``torch.inference_mode()`` on synthetic inputs of the model's
   input shape (token ids for language models): warm-up batches first (compilation and
   autotuning land there, reported as ``warmup_seconds``), then at least 50 timed
-  batches, each timed on its own with the device synchronised before the clock is read.
+  batches, each timed on its own with the device synchronised before the clock is read;
+  ``repeats`` passes of them (or, with "auto", until their median settles) give the
+  spread of predictions/s (``predictions_per_second_p10``, ``_p90``, ``_cv``).
 - ``predictions_per_second`` = batch_size / mean latency over the timed batches; the
   latency percentiles are over the same batches (linear between ranks, numpy's default).
 - With a trained run, the test split is evaluated once per precision x mode (argmax
@@ -43,6 +45,7 @@ from dlscale.data.batches import eval_batches
 from dlscale.data.loader import Feed
 from dlscale.data.preprocess import pixels_to_input
 from dlscale.bench.common import percentile
+from dlscale.bench.reliability import DEFAULT_BUDGET_S, repeat, spread_fields
 from dlscale.bench.targets import Target
 from dlscale.hardware.device import DTYPES, describe, synchronize
 from dlscale.errors import UserError
@@ -66,6 +69,8 @@ class InferSettings:
     modes: tuple[str, ...] = ("eager",)
     batches: int = MIN_BATCHES  # timed batches per setting
     warmup: int = 5  # untimed batches before them
+    repeats: int | str = 1  # passes of ``batches`` timed batches (the command asks for 3), or "auto"
+    budget_s: float = DEFAULT_BUDGET_S  # per setting, for repeats="auto"
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1:
@@ -78,6 +83,8 @@ class InferSettings:
             raise UserError(
                 f"--batches must be at least {MIN_BATCHES} (latency percentiles up to p99 need that many timed batches); got {self.batches}"
             )
+        if self.repeats != "auto" and (not isinstance(self.repeats, int) or self.repeats < 1):
+            raise UserError(f"--repeats must be a whole number of at least 1 or 'auto'; got {self.repeats!r}")
         if self.warmup < 1:
             raise UserError(f"--warmup must be at least 1 (the first batch allocates and compiles); got {self.warmup}")
 
@@ -235,7 +242,8 @@ def measure(
     target: Target, model: nn.Module, precision: str, mode: str, batch_size: int,
     settings: InferSettings, device: torch.device, channels_last: bool,
 ) -> dict[str, Any]:
-    """Warm-up, then ``settings.batches`` batches each timed on its own."""
+    """Warm-up, then ``settings.repeats`` passes of ``settings.batches`` batches, each batch
+    timed on its own; the passes' predictions/s give the row's spread."""
     device = device if precision != "int8" else torch.device("cpu")
     call = runner(model, mode, device)
     x = synthetic_batch(target, batch_size, precision, device, channels_last)
@@ -247,12 +255,19 @@ def measure(
     synchronize(device)
     warmup_seconds = time.perf_counter() - start
     breaks = {k: n - breaks_before.get(k, 0) for k, n in graph_breaks().items() if n > breaks_before.get(k, 0)}
-    latencies = []
-    for _ in range(settings.batches):
-        start = time.perf_counter()
-        call(x)
-        synchronize(device)  # the batch is done before the clock is read
-        latencies.append(time.perf_counter() - start)
+    latencies: list[float] = []
+
+    def one_pass() -> float:
+        times = []
+        for _ in range(settings.batches):
+            start = time.perf_counter()
+            call(x)
+            synchronize(device)  # the batch is done before the clock is read
+            times.append(time.perf_counter() - start)
+        latencies.extend(times)
+        return batch_size / statistics.fmean(times)
+
+    rates, stable = repeat(one_pass, settings.repeats, settings.budget_s)
     mean = statistics.fmean(latencies)
     return {
         "batch_size": batch_size,
@@ -260,6 +275,9 @@ def measure(
         "device": describe(device),
         "mode": mode,
         "predictions_per_second": batch_size / mean,
+        **spread_fields("predictions_per_second", rates),
+        "repeats": len(rates),
+        "stable": stable,
         "latency_p50_ms": 1e3 * percentile(latencies, 50),
         "latency_p90_ms": 1e3 * percentile(latencies, 90),
         "latency_p99_ms": 1e3 * percentile(latencies, 99),
@@ -281,6 +299,9 @@ def skipped_row(batch_size: int, precision: str, mode: str, device: torch.device
         "device": describe(device),
         "mode": mode,
         "predictions_per_second": None,
+        **spread_fields("predictions_per_second", []),
+        "repeats": 0,
+        "stable": None,
         "latency_p50_ms": None,
         "latency_p90_ms": None,
         "latency_p99_ms": None,

@@ -11,6 +11,7 @@ import torch
 
 from dlscale.bench.common import result_object, write_result
 from dlscale.bench.infer import InferSettings, Target, benchmark
+from dlscale.bench.reliability import Interference
 
 
 def run_bench_infer(
@@ -19,9 +20,10 @@ def run_bench_infer(
 ) -> tuple[dict[str, Any], Path]:
     """Time every setting, write bench-infer.json in ``run_dir``, and return its result
     object and path. ``note`` hears each skipped setting, ``step`` each row as it starts."""
+    interference = Interference.snapshot()
     rows = benchmark(target, settings, device, note=note, step=step)
     result = result_object(
-        rows, kind="infer", model=target.name, run=target.source_run,
-        input_shape=list(target.input_shape), batches=settings.batches, warmup=settings.warmup,
+        rows, kind="infer", interference=interference, spread="predictions_per_second", model=target.name,
+        run=target.source_run, input_shape=list(target.input_shape), batches=settings.batches, warmup=settings.warmup,
     )
     return result, write_result(run_dir, "infer", result)

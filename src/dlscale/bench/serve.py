@@ -420,8 +420,10 @@ def run_bench_serve(
     """Measure the server at ``url``, or a ``dlscale serve RUN`` started here with
     ``server_flags`` (stopped at the end), and write bench-serve.json in ``run_dir``."""
     from dlscale.bench.common import result_object, write_result
+    from dlscale.bench.reliability import Interference
 
     load.check()
+    interference = Interference.snapshot()  # a server started here shares the machine: its load is dlscale's own
     server = None
     if run is not None:
         server = LocalServer(run, server_flags or [])
@@ -443,7 +445,7 @@ def run_bench_serve(
     best = best_rate_under_bound(rows)
     peak = max([r for r in rows if r["mode"] == "closed"] or rows, key=lambda r: r["predictions_per_second"])
     result = result_object(
-        rows, kind="serve", url=url, run=str(run) if run is not None else None, server=info or None,
+        rows, kind="serve", interference=interference, url=url, run=str(run) if run is not None else None, server=info or None,
         model=info.get("model"), samples_per_request=load.samples_per_request, duration_s=load.duration,
         warmup_s=load.warmup, max_requests=load.max_requests, p99_bound_ms=load.p99_ms,
         peak_predictions_per_second=peak["predictions_per_second"], peak_concurrency=peak["concurrency"], peak_rate=peak["rate"],

@@ -20,6 +20,7 @@ import torch
 
 from dlscale.training.allocator import keep_freed_memory
 from dlscale.bench.common import median_spread
+from dlscale.bench.reliability import DEFAULT_BUDGET_S, repeat, spread_fields
 from dlscale.training.config import TrainConfig
 from dlscale.hardware.device import peak_memory_bytes, reset_peak_memory, synchronize
 from dlscale.models.flops import count as count_flops
@@ -99,17 +100,18 @@ def stepper_for(workload: Workload, setting: Setting, device: torch.device):
 
 
 def measure(
-    workload: Workload, setting: Setting, device: torch.device, steps: int, warmup: int, repeats: int,
-    on_step: Callable[[], None] | None = None,
+    workload: Workload, setting: Setting, device: torch.device, steps: int, warmup: int, repeats: int | str,
+    on_step: Callable[[], None] | None = None, budget_s: float = DEFAULT_BUDGET_S,
 ) -> dict[str, Any]:
-    """One benchmark row: warm-up timed apart, then ``repeats`` x ``steps`` timed steps."""
+    """One benchmark row: warm-up timed apart, then ``repeats`` x ``steps`` timed steps
+    (``"auto"``: until their median settles, within ``budget_s``; see reliability.repeat)."""
     peak = peak_for(device, setting.precision)  # before timing: the first run on a machine measures its peaks
     model = workload.build()
     x, y = workload.batch(setting.batch_size, device)
     flops = count_flops(model, x[:2].cpu(), y[:2].cpu())
     stepper = stepper_for(workload, setting, device)
     with keep_freed_memory(device.type == "cpu"):  # as training runs it: see dlscale.training.allocator
-        warmup_s, step_times, losses = _time_steps(stepper, x, y, device, steps, warmup, repeats, on_step)
+        warmup_s, step_times, losses, stable = _time_steps(stepper, x, y, device, steps, warmup, repeats, on_step, budget_s)
     finite = bool(torch.isfinite(torch.stack(losses)).all())
     median, spread = median_spread(step_times)
     samples_per_second = setting.batch_size / median
@@ -124,6 +126,7 @@ def measure(
         "channels_last": setting.channels_last,
         "device": str(device),
         "samples_per_second": samples_per_second,
+        **spread_fields("samples_per_second", [setting.batch_size / t for t in step_times]),
         "tokens_per_second": samples_per_second * seq_len if seq_len else None,
         "seq_len": seq_len,
         "flops_per_sample": flops_per_sample,
@@ -139,13 +142,15 @@ def measure(
         "step_times_s": step_times,
         "warmup_s": warmup_s,
         "steps": steps,
-        "repeats": repeats,
+        "repeats": len(step_times),
+        "stable": stable,  # --repeats auto: whether the median settled within the budget; null for a fixed count
         "loss_finite": finite,
     }
 
 
-def _time_steps(stepper, x, y, device, steps: int, warmup: int, repeats: int, on_step):
-    """Warm-up steps timed apart, then ``repeats`` x ``steps`` timed steps: (warm-up s, s per step per repeat, losses)."""
+def _time_steps(stepper, x, y, device, steps: int, warmup: int, repeats: int | str, on_step, budget_s: float):
+    """Warm-up steps timed apart, then ``repeats`` x ``steps`` timed steps: (warm-up s, s per
+    step per repeat, losses, whether an auto count settled)."""
     reset_peak_memory(device)
     synchronize(device)
     start = time.perf_counter()
@@ -156,8 +161,9 @@ def _time_steps(stepper, x, y, device, steps: int, warmup: int, repeats: int, on
     synchronize(device)
     warmup_s = time.perf_counter() - start
 
-    step_times, losses = [], []
-    for _ in range(repeats):
+    losses = []
+
+    def one_repeat() -> float:
         synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
@@ -165,8 +171,10 @@ def _time_steps(stepper, x, y, device, steps: int, warmup: int, repeats: int, on
             if on_step:
                 on_step()
         synchronize(device)  # the clock reads only finished work
-        step_times.append((time.perf_counter() - start) / steps)
-    return warmup_s, step_times, losses
+        return (time.perf_counter() - start) / steps
+
+    step_times, stable = repeat(one_repeat, repeats, budget_s)
+    return warmup_s, step_times, losses, stable
 
 
 def fits(workload: Workload, setting: Setting, device: torch.device, memory_cap: int | None) -> bool:

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from dlscale.bench import comm
     from dlscale.distributed.elastic import LaunchPlan
     from dlscale.distributed.env import detect
-    from dlscale.progress import make_console
+    from dlscale.progress import SweepProgress, make_console
 
     for name in ("nproc", "iters", "nnodes"):
         if getattr(args, name) < 1:
@@ -94,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
     say = functools.partial(_say, console)
     env = detect()
     if args.worker_of or env.world_size > 1 or args.nproc * args.nnodes == 1:  # a worker, or one rank here
-        done = comm.measure_as_rank(settings, env, args.device, args.timeout, args.worker_of, args.run_dir, say)
+        # a launched worker's lines reach the launcher's console through torchrun's copy of rank 0's output
+        with SweepProgress(console) as progress:
+            done = comm.measure_as_rank(settings, env, args.device, args.timeout, args.worker_of, args.run_dir,
+                                        progress.say, progress)
     else:
         plan = LaunchPlan(
             nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint,
@@ -199,10 +202,13 @@ def parse_ops(text: str) -> list[str]:
 
 
 def _report(console: Any, result: dict[str, Any], path: Path, as_json: bool) -> None:
+    from dlscale.bench.reliability import warning
     from dlscale.runs.files import to_json
 
     console.print(results_table(result))
     _say(console, _note(result))
+    if warning(result):
+        _say(console, warning(result))
     _say(console, f"result: {path}")
     if as_json:
         print(to_json(result), flush=True)

@@ -49,6 +49,7 @@ def _workers(text: str) -> tuple[int, ...]:
 
 def run(args: argparse.Namespace) -> int:
     from dlscale.bench.data import DataBenchRequest, run_bench_data
+    from dlscale.bench.reliability import warning
     from dlscale.progress import make_console
     from dlscale.runs.files import to_json
 
@@ -68,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     result, path = run_bench_data(request, say=lambda text: _say(console, text))
     _print_table(console, result)
     _say(console, result["advice"])
+    if warning(result):
+        _say(console, warning(result))
     _say(console, f"result written to {path}")
     if args.json:
         print(to_json(result), flush=True)

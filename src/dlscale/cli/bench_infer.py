@@ -39,6 +39,9 @@ def add_parser(subparsers: Any) -> None:
     add("--input-shape", metavar="CxHxW", help="one sample's shape for --model, e.g. 3x224x224, or a sequence length for language models")
     add("--batches", type=int, default=50, help="timed batches per setting (default and minimum 50)")
     add("--warmup", type=int, default=5, help="untimed batches before them (default 5)")
+    add("--repeats", default="3", help="passes of --batches per setting: their predictions/s give the spread "
+        "(default 3), or 'auto': repeat until the median settles within 5%% (at least 3, within --budget-s)")
+    add("--budget-s", type=float, default=60.0, help="seconds per setting that --repeats auto may spend (default 60)")
     add("--run-dir", metavar="DIR", help="where to write the result (default runs/<UTC-time>-bench-infer-<model>)")
     add("--json", action="store_true", help="print the result object as the last line of stdout")
     p.set_defaults(handler=run)
@@ -47,18 +50,27 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from dlscale.bench import infer, targets
     from dlscale.bench.common import bench_run_dir
+    from dlscale.bench.reliability import parse_repeats, warning
     from dlscale.bench.run_infer import run_bench_infer
     from dlscale.hardware.device import describe, resolve_device
-    from dlscale.progress import make_console
+    from dlscale.progress import SweepProgress, make_console
     from dlscale.runs.files import to_json
 
     device = resolve_device(args.device)
+    try:
+        repeats = parse_repeats(args.repeats)
+    except ValueError:
+        raise UserError(f"--repeats must be a whole number of at least 1 or 'auto'; got {args.repeats!r}") from None
+    if args.budget_s <= 0:
+        raise UserError(f"--budget-s must be more than 0, got {args.budget_s}")
     settings = infer.InferSettings(
         batch_sizes=tuple(_integers("--batch-sizes", args.batch_sizes, ",")),
         precisions=_names(args.precisions) if args.precisions else infer.default_precisions(device),
         modes=_names(args.modes),
         batches=args.batches,
         warmup=args.warmup,
+        repeats=repeats,
+        budget_s=args.budget_s,
     )
     if args.run and args.input_shape:
         raise UserError("--input-shape goes with --model; a --run's data sets the input shape")
@@ -73,8 +85,11 @@ def run(args: argparse.Namespace) -> int:
         f"dlscale bench infer: {target.name} ({source}) · input {'x'.join(map(str, target.input_shape))} · "
         f"{describe(device)} · {settings.warmup} warm-up + {settings.batches} timed batches per setting"
     )
-    with _Bar(console, len(settings.batch_sizes) * len(settings.precisions) * len(settings.modes)) as bar:
-        result, path = run_bench_infer(target, settings, device, run_dir, note=bar.note, step=bar.step)
+    with SweepProgress(console, len(settings.batch_sizes) * len(settings.precisions) * len(settings.modes)) as bar:
+        def step(label: str) -> None:  # a row's label ends in "batch N"; the accuracy pass before them is no row
+            (bar.start if " batch " in label else bar.describe)(label)
+
+        result, path = run_bench_infer(target, settings, device, run_dir, note=bar.note, step=step)
     rows = result["results"]
     console.print(_table(target.name, describe(device), rows))
     _say(console, _fastest(rows, target.source_run is not None))
@@ -82,6 +97,12 @@ def run(args: argparse.Namespace) -> int:
     if compiled:  # compilation lands in warm-up: shown here, never inside the latencies
         _say(console, "compiled warm-up (includes compiling): " + ", ".join(
             f"{r['precision']} batch {r['batch_size']} {r['warmup_seconds']:.1f} s" for r in compiled))
+    unsettled = [r for r in rows if r["stable"] is False]
+    if repeats == "auto":
+        _say(console, f"--repeats auto: {len(unsettled)} of {len(rows)} settings did not settle within 5% before --budget-s ran out"
+             if unsettled else "--repeats auto: every setting's median settled within 5%")
+    if warning(result):
+        _say(console, warning(result))
     _say(console, f"result: {path}")
     if args.json:
         print(to_json(result), flush=True)
@@ -109,41 +130,6 @@ def _integers(flag: str, text: str, sep: str) -> list[int]:
 
 
 # --------------------------------------------------------------------------- display
-
-
-class _Bar:
-    """A rich progress bar over the settings on a terminal; nothing but notes otherwise."""
-
-    def __init__(self, console: Any, total: int) -> None:
-        self.console, self.total, self.progress, self.task = console, total, None, None
-        self.rows_started = 0
-
-    def __enter__(self) -> _Bar:
-        if self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=self.console, transient=True,
-            )
-            self.task = self.progress.add_task("settings", total=self.total)
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-    def note(self, text: str) -> None:
-        _say(self.console, f"note: {text}")
-
-    def step(self, label: str) -> None:
-        """Show what runs now; a row starting means the rows before it are done."""
-        if self.progress is None:
-            return
-        self.progress.update(self.task, completed=self.rows_started, description=label)
-        if " batch " in label:
-            self.rows_started += 1
 
 
 def _say(console: Any, text: str) -> None:
@@ -182,17 +168,29 @@ def _table(model: str, device: str, rows: list[dict[str, Any]]):
     return table
 
 
+def _setting(row: dict[str, Any]) -> str:
+    return f"{row['precision']} {row['mode']} at batch {row['batch_size']}"
+
+
 def _fastest(rows: list[dict[str, Any]], has_accuracy: bool) -> str:
+    """The fastest setting, or none where the runner-up's [p10, p90] predictions/s over
+    repeats overlaps the fastest's: then the order is luck, not a finding."""
+    from dlscale.bench.reliability import overlap
+
     ran = [row for row in rows if not row["skipped"]]
     if not ran:
         return "fastest: none — every setting was skipped (see the notes above)"
-    best = max(ran, key=lambda row: row["predictions_per_second"])
+    ranked = sorted(ran, key=lambda row: -row["predictions_per_second"])
+    best = ranked[0]
+    if len(ranked) > 1 and overlap(best, ranked[1], "predictions_per_second"):
+        return (f"fastest: no clear winner between {_setting(best)} and {_setting(ranked[1])} (their repeats overlap); "
+                "re-run on a quiet machine or with more --repeats")
     if best["test_accuracy"] is not None:
         accuracy = f"test accuracy {100 * best['test_accuracy']:.2f}%"
     else:
         accuracy = "test accuracy n/a" + ("" if has_accuracy else " (give --run RUN_DIR to measure it)")
     tokens = f" ({best['tokens_per_second']:,.0f} tokens/s)" if best.get("tokens_per_second") else ""
     return (
-        f"fastest: {best['precision']} {best['mode']} at batch {best['batch_size']}: "
+        f"fastest: {_setting(best)}: "
         f"{best['predictions_per_second']:,.0f} predictions/s{tokens}, p50 {best['latency_p50_ms']:.3f} ms, {accuracy}"
     )

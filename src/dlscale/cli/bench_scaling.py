@@ -38,7 +38,8 @@ def add_parser(subparsers: Any) -> None:
         help="default: as `dlscale train` picks it (conv nets on CUDA; measured on a CPU)")
     add("--steps", type=int, default=10, help="timed steps per repeat (default 10)")
     add("--warmup", type=int, default=3, help="warm-up steps (default 3)")
-    add("--repeats", type=int, default=3, help="repeats: the median is reported (default 3)")
+    add("--repeats", type=int, default=3,
+        help="launches per worker count, interleaved across counts (1,2,1,2,...): medians and spread reported (default 3)")
     add("--timeout", type=float, default=300.0, help="seconds a collective may wait (default 300)")
     add("--run-dir", metavar="DIR", help="where to write bench-scaling.json and the workers' logs")
     add("--json", action="store_true", help="print one JSON object as the last stdout line")
@@ -79,13 +80,20 @@ def run(args: argparse.Namespace) -> int:
         run_scaling_worker(_request(args, ()), Path(args.worker_of), args.per_worker_batch)
         return 0
 
+    from dlscale.bench.reliability import warning
     from dlscale.bench.run_scaling import run_bench_scaling
-    from dlscale.progress import make_console
+    from dlscale.progress import SweepProgress, make_console
     from dlscale.runs.files import to_json
 
     console = make_console()
-    result, path = run_bench_scaling(_request(args, tuple(_counts(args.nproc))), say=console.print)
+    with SweepProgress(console) as progress:
+        result, path = run_bench_scaling(_request(args, tuple(_counts(args.nproc))), say=progress.say, progress=progress)
     _print_table(console, result["results"], args.strong)
+    for row in result["results"]:
+        if row["superlinear"]:
+            console.print(f"note: {row['note']}", markup=False, soft_wrap=True)
+    if warning(result):
+        console.print(warning(result), markup=False, soft_wrap=True)
     console.print(f"result written to {path}")
     if args.json:
         print(to_json(result), flush=True)
@@ -98,17 +106,19 @@ def _print_table(console, rows: list[dict[str, Any]], strong: bool) -> None:
 
     table = Table(title=f"bench scaling ({'strong' if strong else 'weak'})", box=box.SIMPLE_HEAD,
                   show_edge=False, collapse_padding=True)
-    for column in ("workers", "batch", "samples/s", "speedup", "eff.", "step ms", "compute", "comm", "data"):
+    for column in ("workers", "batch", "samples/s", "±", "speedup", "eff.", "step ms", "compute", "comm", "data"):
         table.add_column(column, justify="right")
     for r in rows:
+        half_range = (r["samples_per_second_p90"] - r["samples_per_second_p10"]) / 2 / r["samples_per_second"]
         table.add_row(
-            str(r["workers"]), str(r["per_worker_batch"]), f"{r['samples_per_second']:,.0f}",
+            str(r["workers"]), str(r["per_worker_batch"]), f"{r['samples_per_second']:,.0f}", f"{100 * half_range:.0f}%",
             f"{r['speedup']:.2f}x", f"{100 * r['efficiency']:.1f}%", f"{1e3 * r['step_time_s']:.2f}",
             f"{1e3 * r['compute_s']:.2f}", f"{1e3 * r['comm_exposed_s']:.2f}", f"{1e3 * r['data_wait_s']:.3f}",
         )
     console.print(table)
     console.print(
-        "batch: per worker; compute: the step in ms with the gradient all-reduce switched off; comm: the ms the "
-        "backward pass did not hide; data: ms fetching the batch (synthetic, on the device: near zero). "
-        "Medians of the repeats, slowest worker."
+        "batch: per worker; ±: half the p10-p90 range of the repeats' samples/s; compute: the step in ms with "
+        "the gradient all-reduce switched off (one worker: the step itself); comm: the ms the backward pass did "
+        "not hide (0 with one worker: nothing to all-reduce); data: ms fetching the batch (synthetic, on the "
+        "device: near zero). Medians of the interleaved repeats, slowest worker; speedup from those medians."
     )

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from dlscale.bench.common import bench_run_dir
+    from dlscale.bench.reliability import warning
     from dlscale.bench.serve import ServeLoad, describe_server, loopback_url, run_bench_serve
     from dlscale.progress import make_console
     from dlscale.runs.files import to_json
@@ -96,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         )
     console.print(_table(result))
     _say(console, _verdict(result))
+    if warning(result):
+        _say(console, warning(result))
     _say(console, f"result: {path}")
     if args.json:
         print(to_json(result), flush=True)

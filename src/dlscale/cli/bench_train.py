@@ -38,7 +38,9 @@ def add_parser(subparsers: Any) -> None:
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     add("--steps", type=int, default=20, help="timed steps per repeat (default 20)")
     add("--warmup", type=int, default=None, help="warm-up steps, timed apart (default 3; 10 when compiling)")
-    add("--repeats", type=int, default=3, help="repeats of the timed steps: median and spread (default 3)")
+    add("--repeats", default="3", help="repeats of the timed steps: median and spread (default 3), or 'auto': "
+        "repeat until the median settles within 5%% (at least 3, within --budget-s)")
+    add("--budget-s", type=float, default=60.0, help="seconds per setting that --repeats auto may spend (default 60)")
     add("--memory-cap", type=float, default=None, help="GiB the process may use on CPU with --batch-size auto (default half the RAM)")
     add("--max-batch", type=int, default=4096, help="largest batch --batch-size auto tries (default 4096)")
     add("--tune", action="store_true", help="try precision x compile x channels_last x batch size; report the fastest safe setting")
@@ -54,11 +56,19 @@ def _positive(name: str, value: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dlscale.bench.run_train import TrainBenchRequest, run_bench_train
-    from dlscale.progress import make_console
+    from dlscale.progress import SweepProgress, make_console
     from dlscale.runs.files import to_json
 
-    for name in ("steps", "repeats", "max_batch"):
+    from dlscale.bench.reliability import parse_repeats
+
+    for name in ("steps", "max_batch"):
         _positive(name.replace("_", "-"), getattr(args, name))
+    try:
+        repeats = parse_repeats(args.repeats)
+    except ValueError:
+        raise UserError(f"--repeats must be a whole number of at least 1 or 'auto', got {args.repeats!r}") from None
+    if args.budget_s <= 0:
+        raise UserError(f"--budget-s must be more than 0, got {args.budget_s}")
     if args.warmup is not None and args.warmup < 0:
         raise UserError(f"--warmup must be 0 or more, got {args.warmup}")
     batch_size = None
@@ -73,22 +83,26 @@ def run(args: argparse.Namespace) -> int:
     request = TrainBenchRequest(
         model=args.model, data=args.data, batch_size=batch_size, precision=args.precision, compile=args.compile,
         channels_last=args.channels_last, device=args.device, steps=args.steps, warmup=args.warmup,
-        repeats=args.repeats, memory_cap_gib=args.memory_cap, max_batch=args.max_batch, tune=args.tune,
+        repeats=repeats, budget_s=args.budget_s, memory_cap_gib=args.memory_cap, max_batch=args.max_batch, tune=args.tune,
         run_dir=args.run_dir,
     )
-    result, path = run_bench_train(request, say=console.print)
-    _print_table(console, result["results"], tuned=args.tune)
+    with SweepProgress(console) as progress:
+        result, path = run_bench_train(request, say=progress.say, progress=progress)
+    _print_table(console, result, tuned=args.tune)
     console.print(f"result written to {path}")
     if args.json:
         print(to_json(result), flush=True)
     return 0
 
 
-def _print_table(console, rows: list[dict[str, Any]], tuned: bool) -> None:
+def _print_table(console, result: dict[str, Any], tuned: bool) -> None:
     """One line per setting, narrow enough for an 80-column terminal or log."""
     from rich import box
     from rich.table import Table
 
+    from dlscale.bench.reliability import warning
+
+    rows = result["results"]
     def pct(value):
         return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -117,10 +131,21 @@ def _print_table(console, rows: list[dict[str, Any]], tuned: bool) -> None:
     for r in rows:
         if not r["loss_finite"]:
             console.print(f"[bold]loss was not finite[/] at batch {r['batch_size']}, {r['precision']}: not a safe setting")
-    if tuned and rows and rows[0]["loss_finite"]:
+    for r in rows:
+        if r["stable"] is not None:
+            console.print(f"batch {r['batch_size']}, {r['precision']}: {r['repeats']} repeats, median "
+                          + ("settled within 5%" if r["stable"] else "did not settle within 5% before --budget-s ran out"))
+    if tuned and result.get("tied"):
+        a, b = (_setting_text(s) for s in result["tied"])
+        console.print(f"fastest: no clear winner between {a} and {b} (their repeats overlap); "
+                      "re-run on a quiet machine or with more --repeats", markup=False)
+    elif tuned and rows and rows[0]["loss_finite"]:
         best = rows[0]
-        console.print(
-            f"fastest safe setting: batch {best['batch_size']}, {best['precision']}, "
-            f"{'compiled' if best['compiled'] else 'eager'}{', channels_last' if best['channels_last'] else ''}: "
-            f"{best['samples_per_second']:,.1f} samples/s"
-        )
+        console.print(f"fastest safe setting: {_setting_text(best)}: {best['samples_per_second']:,.1f} samples/s")
+    if warning(result):
+        console.print(warning(result), markup=False, soft_wrap=True)
+
+
+def _setting_text(setting: dict[str, Any]) -> str:
+    return (f"batch {setting['batch_size']}, {setting['precision']}, {'compiled' if setting['compiled'] else 'eager'}"
+            f"{', channels_last' if setting['channels_last'] else ''}")

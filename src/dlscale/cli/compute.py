@@ -72,14 +72,15 @@ def print_report(console: Any, report: dict[str, Any]) -> None:
     console.print(table)
 
     near = Table(title="nearest landmarks (log scale)", title_justify="left")
-    for column in ("name", "year", "PF/s-days", "this run / landmark"):
-        near.add_column(column, no_wrap=True)
+    for column in ("name", "year", "PF/s-days", "ratio"):  # names wrap: the table fits 80 columns
+        near.add_column(column, no_wrap=column != "name", justify="left" if column == "name" else "right")
     rows = [(e.name, str(e.year), e.pfs_days) for e in nearest(report["pfs_days"])]
     rows.append(("this run", str(report["year"]), report["pfs_days"]))
     for name, year, value in sorted(rows, key=lambda r: r[2]):
         ratio = "" if name == "this run" else f"{report['pfs_days'] / value:.3g}"
         near.add_row(name, year, f"{value:.3g}", ratio)
     console.print(near)
+    console.print("ratio = this run's compute / the landmark's")
     console.print("1 PF/s-day = 8.64e19 FLOPs; landmarks: OpenAI AI and Compute (2018) chart values, GPT-3 from Brown et al. 2020")
     console.print(f"device-hours = {report['device_hours_basis']}")
     for note in report["notes"]:

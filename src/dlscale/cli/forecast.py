@@ -128,7 +128,10 @@ def _print_rows(console: Any, rows: list[dict[str, Any]], inputs: dict[str, Any]
              f"{inputs['precision']} gradients), {inputs['batch_size']}/GPU, "
              f"{inputs['gpus_per_node']} GPUs/node, {inputs['intra_network']['name']} within / "
              f"{inputs['inter_network']['name']} between nodes")
-    table = Table(title=title, title_justify="left")
+    from rich import box
+
+    # no side rules and single spaces between columns: the table fits an 80-column terminal
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for column in ("GPUs", "nodes", "step ms", "samples/s", "speedup", "efficiency", "comm ms", "exposed ms"):
         table.add_column(column, justify="right", no_wrap=True)
     for r in rows:

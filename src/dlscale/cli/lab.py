@@ -26,17 +26,20 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
+LAB_EXPERIMENTS = 4  # run_lab announces (a) training, (b) scaling, (c) inference, (d) the compute chart
+
+
 def run(args: argparse.Namespace) -> int:
     from dlscale.runs import directory as runs
     from dlscale.report.lab import run_lab
-    from dlscale.progress import make_console
+    from dlscale.progress import SweepProgress, make_console
 
     out = Path(args.output) if args.output else runs.default_run_dir("lab", "quick" if args.quick else "full")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"lab folder {out} already exists and is not empty; give -o a new folder")
     runs.create_run_dir(out)
     console = make_console()
-    report = run_lab(out, args.quick, lambda text: console.print(f"[bold]{text}[/]"),
-                     detail=lambda text: console.print(text, markup=False, soft_wrap=True))
+    with SweepProgress(console, total=LAB_EXPERIMENTS) as progress:  # each announced experiment is a setting
+        report = run_lab(out, args.quick, progress.start, detail=progress.say)
     console.print(f"lab report: {report}")
     return 0

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from dlscale.data import file_index, images, preprocess
@@ -239,6 +239,8 @@ def decode_data(data: bytes, name: object, mode: str, size: tuple[int, int], cro
             return images.decode_jpeg(data, mode, size, box, flip)
         with image:
             return images.decode(image, mode, size, box, flip, draft=decoder != "pillow-full")
+    except UnidentifiedImageError:
+        raise UserError(f"cannot read image {name} (not an image format Pillow can read); remove or replace the file") from None
     except Exception as error:  # Pillow and simplejpeg raise many types for broken data
         raise UserError(f"cannot read image {name} ({error}); remove or replace the file") from None
 

@@ -5,7 +5,8 @@ a bench run directory (bench-*.json) or a JSON file (a bench result, ``forecast 
 output, ``compute --json`` output or a summary.json), read by ``report.load``. The report has a section per input
 with its summary table, its provenance and its plots, plus an overview that puts what
 belongs together on one figure (measured and predicted scaling; all runs on the compute
-chart). Plots are PNGs embedded as ``data:`` URIs; the CSS is inline; there is no
+chart). Figures are shown in units under labels (``report.labels``), the raw key and
+value in tooltips; several runs also get one side-by-side table. Plots are PNGs embedded as ``data:`` URIs; the CSS is inline; there is no
 script and no external reference, so the file opens offline and prints.
 """
 
@@ -19,7 +20,10 @@ from typing import Any
 from dlscale.errors import UserError
 from dlscale.report.compute import compute_report
 from dlscale.report.load import RUN, Item, load_inputs
-from dlscale.report.tables import Plotter, cell, esc, fmt, kv_table, provenance_table, rows_table, scalar_pairs
+from dlscale.report.ranges import folded_keys
+from dlscale.report.labels import Explainer, format_value
+from dlscale.report.tables import (Plotter, cell, compare_table, esc, grouped_tables, kv_table, provenance_table,
+                                   rows_table, scalar_pairs)
 from dlscale.runs.results import STAMP_KEYS, SUMMARY_KEYS
 
 # The columns shown per kind of result (others stay in the JSON file); all-empty columns are dropped.
@@ -40,33 +44,48 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "data": ("workers", "decoder", "batch_size", "samples_per_second", "spread", "startup_s",
              "train_samples_per_second", "input_bound"),
 }
+# written by newer bench code on any kind of row: shown when present (all-empty columns drop)
+TRUST_COLUMNS = ("reliable", "unreliable_reason", "cv", "superlinear")
 KIND_TITLES = {
     "run": "training run", "train": "training benchmark", "infer": "inference benchmark",
     "scaling": "scaling benchmark", "forecast": "scaling forecast", "comm": "communication benchmark",
     "compute": "compute of a run", "serve": "serving benchmark", "data": "input pipeline benchmark",
 }
+# the figures a run's first line quotes, with the words before each
+HEADLINE = (("test_accuracy", "test accuracy"), ("samples_per_second", ""), ("mfu", "MFU"), ("total_flops", "total compute"))
 RUN_PROVENANCE_KEYS = ("hostname", "platform", "python", "dlscale", "torch", "cuda", "hip", "driver", "gpu_count")
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#111;background:#fff;
  margin:0 auto;max-width:1100px;padding:1.2em 1.5em;line-height:1.4}
 h1{font-size:1.6em;margin:.2em 0 .1em}h2{font-size:1.3em;border-bottom:2px solid #333;margin-top:1.8em;padding-bottom:.15em}
-h3{font-size:1.05em;margin:1.2em 0 .4em}
+h3{font-size:1.05em;margin:1.2em 0 .4em}h4{font-size:.9em;margin:.6em 0 .2em;color:#333}
 .meta{color:#444;font-size:.9em}
-table{border-collapse:collapse;font-size:.78em;margin:.3em 0 .8em}
-th,td{border:1px solid #999;padding:.18em .5em;text-align:left;vertical-align:top}
-th{background:#e6e6e6;font-weight:600}
+.headline{font-size:1.05em}
+table{border-collapse:collapse;font-size:.8em;margin:.3em 0 .6em}
+th,td{border:1px solid #aaa;padding:.2em .55em;text-align:left;vertical-align:top}
+th{background:#eceff3;font-weight:600;word-break:keep-all;overflow-wrap:normal;hyphens:none;white-space:normal}
+table.rows th{vertical-align:bottom;max-width:9em}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-table.kv th{width:16em}table.kv td.num{text-align:left}
+table.kv th{width:13em;font-weight:500}table.kv td.num{text-align:left}
+table.compare th.run{text-align:right;max-width:14em}table.compare td{text-align:right}
+tr.explainrow td{text-align:left !important;background:#fafafa;border-top:none}tr.explainrow p{margin:.1em 0}
+tr.grouprow th{background:#d6dde6;text-align:left;font-size:1.05em}
+.groups{display:flex;flex-wrap:wrap;gap:0 1.6em;align-items:flex-start}
+.range{color:#555;font-size:.88em}
+.explain{font-size:.85em;color:#333;max-width:62em;margin:.1em 0 .5em}
+.same{font-size:.85em;color:#222;margin:.2em 0}
+.warn{background:#fdecea;border-left:4px solid #b2182b;padding:.3em .6em}
 .wide{overflow-x:auto}
 figure{margin:.6em 0 1.2em;break-inside:avoid;page-break-inside:avoid}
 figure img{max-width:100%;height:auto;border:1px solid #ccc}
 figcaption{font-size:.85em;color:#333}
 pre{background:#f4f4f4;border:1px solid #ccc;padding:.5em;font-size:.78em;white-space:pre-wrap;word-break:break-all}
+details summary{cursor:pointer;font-size:.9em}
 .note{font-size:.85em;color:#333}
 ul.toc{columns:2;font-size:.9em}
 section{break-before:auto}
-@media print{body{max-width:none;padding:0}h2{break-after:avoid}.wide{overflow:visible}a{color:#111}}
+@media print{body{max-width:none;padding:0}h2{break-after:avoid}.wide{overflow:visible}a{color:#111}details{display:block}}
 """
 
 
@@ -80,60 +99,81 @@ def _label(item: Item) -> str:
     return f"{KIND_TITLES.get(item.kind, item.kind)}{f' ({model})' if model else ''}"
 
 
-def _run_section(item: Item, plot: Plotter) -> str:
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _trust_warning(data: dict[str, Any]) -> str:
+    """A figure its own measurement flagged as untrustworthy says so before anything else."""
+    if data.get("reliable") is not False:
+        return ""
+    reason = data.get("unreliable_reason") or "no reason recorded"
+    return f'<p class="warn">These figures may not be reliable: {esc(reason)}</p>'
+
+
+def _shown_pairs(pairs: list[tuple[str, Any]], data: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Leave out what shows elsewhere: spreads folded into their figure, and the verdict that
+    the warning above the tables already states."""
+    hidden = folded_keys([data])
+    if data.get("reliable") is False:
+        hidden |= {"reliable", "unreliable_reason"}
+    return [(k, v) for k, v in pairs if k not in hidden]
+
+
+def _run_pairs(item: Item) -> list[tuple[str, Any]]:
+    """A run's summary and the machine it ran on, as (key, value): grouped later by key."""
     s = item.data
-    out = []
-    acc = s.get("test_accuracy")
-    headline = [f"model {fmt(s.get('model'))} on {fmt(s.get('data'))}, {fmt(s.get('device'))} x {fmt(s.get('world_size'))}"]
-    if isinstance(acc, (int, float)) and not isinstance(acc, bool):
-        headline.append(f"test accuracy {100 * acc:.2f}%")
-    if s.get("samples_per_second"):
-        headline.append(f"{fmt(s.get('samples_per_second'))} samples/s")
-    if isinstance(s.get("mfu"), (int, float)) and not isinstance(s.get("mfu"), bool):
-        headline.append(f"MFU {100 * s['mfu']:.1f}%")
-    out.append(f"<p>{esc('; '.join(headline))}</p>")
-    out.append("<h3>summary</h3>")
     main = [(k, s.get(k)) for k in SUMMARY_KEYS if k in s]
-    rest = scalar_pairs(s, {*SUMMARY_KEYS, *STAMP_KEYS})
-    out.append(kv_table(main + rest))
-    if item.metrics:
-        out.append(plot("loss-accuracy", lambda stem: _plots().loss_accuracy(item.metrics, stem),
-                        "loss per step and per evaluation; validation accuracy per evaluation"))
-    else:
-        out.append('<p class="note">no metrics.jsonl: no training curves</p>')
-    out.append("<h3>provenance</h3>")
+    pairs = main + scalar_pairs(s, {*SUMMARY_KEYS, *STAMP_KEYS})
     hw = item.hardware or {}
-    pairs = [(k, hw.get(k)) for k in RUN_PROVENANCE_KEYS if k in hw]
+    pairs += [(k, hw.get(k)) for k in RUN_PROVENANCE_KEYS if k in hw]
     if isinstance(hw.get("cpu"), dict):
         cpu = hw["cpu"]
         pairs.append(("cpu", f"{cpu.get('model')} ({cpu.get('logical_cores')} logical cores)"))
     if isinstance(hw.get("gpus"), list):
         pairs.append(("gpus", ", ".join(str(g.get("name")) for g in hw["gpus"] if isinstance(g, dict)) or "none"))
-    pairs.append(("run directory", str(item.run_dir)))
-    out.append(kv_table(pairs) if hw else '<p class="note">no hardware.json</p>' + kv_table(pairs))
+    if "run_dir" not in s and item.run_dir is not None:
+        pairs.append(("run_dir", str(item.run_dir)))
+    return pairs
+
+
+def _run_section(item: Item, plot: Plotter, explain: Explainer) -> str:
+    s = item.data
+    out = [_trust_warning(s)]
+    figures = [f"{words} {format_value(key, s[key])}".strip() for key, words in HEADLINE if _number(s.get(key))]
+    where = f"{s.get('model')} on {s.get('data')}, {s.get('device')} × {s.get('world_size')}"
+    out.append(f'<p class="headline">{esc(where + (": " + ", ".join(figures) if figures else ""))}</p>')
+    out.append("<h3>summary</h3>")
+    out.append(grouped_tables(_shown_pairs(_run_pairs(item), s), explain, row=s))
+    if item.metrics:
+        out.append(plot("loss-accuracy", lambda stem: _plots().loss_accuracy(item.metrics, stem),
+                        "loss per step and per evaluation; validation accuracy per evaluation"))
+    else:
+        out.append('<p class="note">no metrics.jsonl: no training curves</p>')
+    if not item.hardware:
+        out.append('<p class="note">no hardware.json: the machine is not described</p>')
     if item.config_text:
-        out.append(f"<p class=\"note\">config.toml</p><pre>{esc(item.config_text)}</pre>")
+        out.append(f"<details><summary>config.toml, the resolved settings (re-run with --config)</summary>"
+                   f"<pre>{esc(item.config_text)}</pre></details>")
     return "".join(out)
 
 
-def _bench_section(item: Item, plot: Plotter) -> str:
+def _bench_section(item: Item, plot: Plotter, explain: Explainer) -> str:
     d = item.data
     rows = [r for r in d.get("results") or [] if isinstance(r, dict)]
     row_keys = {k for r in rows for k in r}
-    out = []
+    out = [_trust_warning(d)]
     head = scalar_pairs(d, row_keys | set(STAMP_KEYS))
     if item.kind == "scaling":
         head = [(k, v) for k, v in d.items() if k in ("model", "precision", "device", "mode") and not isinstance(v, (list, dict))]
+    head = _shown_pairs(head, d)
     if head:
-        out.append(kv_table(head))
+        out.append(kv_table(head, explain))
     out.append("<h3>results</h3>")
-    out.append(rows_table(rows, COLUMNS.get(item.kind)))
-    notes = dict.fromkeys(
-        f"{r.get('precision', '')} batch {r.get('batch_size')}: {r['note']}" if "batch_size" in r else str(r["note"])
-        for r in rows if r.get("note") and "note" not in (COLUMNS.get(item.kind) or ())
-    )
-    if notes:
-        out.append('<ul class="note">' + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+    columns = COLUMNS.get(item.kind)
+    out.append(rows_table(rows, (*columns, *TRUST_COLUMNS) if columns else None, explain))
+    if "note" not in (columns or ()):
+        out.append(_row_notes(rows))
     if item.kind == "train":
         out.append(plot("throughput", lambda stem: _plots().throughput_vs_batch(rows, stem),
                         "training throughput (samples/s) vs batch size, per precision"))
@@ -161,16 +201,31 @@ def _bench_section(item: Item, plot: Plotter) -> str:
             out.append("<h3>assumptions</h3><ul>" + "".join(f"<li>{esc(a)}</li>" for a in assumptions) + "</ul>")
         inputs = d.get("inputs")
         if isinstance(inputs, dict):
-            out.append("<h3>inputs</h3>" + kv_table(list(inputs.items())))
+            out.append("<h3>inputs</h3>" + kv_table(scalar_pairs(inputs, set()), explain))
     out.append("<h3>provenance</h3>")
     out.append(provenance_table(d.get("provenance")))
     out.append(f'<p class="note">source: {esc(item.source)}</p>')
     return "".join(out)
 
 
-def _compute_section(item: Item, plot: Plotter) -> str:
+def _row_notes(rows: list[dict[str, Any]]) -> str:
+    """Each distinct note once, after the rows it concerns; a note every row shares, once for all."""
+    where: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("note"):
+            place = f"{row.get('precision', '')} batch {row.get('batch_size')}".strip() if "batch_size" in row else ""
+            where.setdefault(str(row["note"]), []).append(place)
+    if not where:
+        return ""
+    if len(where) == 1 and all(r.get("note") for r in rows):
+        return f'<p class="same">Every row: {esc(next(iter(where)))}</p>'
+    items = (f"{', '.join(p for p in places if p)}: {note}" if any(places) else note for note, places in where.items())
+    return '<ul class="note">' + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>"
+
+
+def _compute_section(item: Item, plot: Plotter, explain: Explainer) -> str:
     d = item.data
-    out = [kv_table(scalar_pairs(d, {"chart", *STAMP_KEYS}))]
+    out = [grouped_tables(scalar_pairs(d, {"chart", *STAMP_KEYS}), explain)]
     notes = d.get("notes")
     if isinstance(notes, list) and notes:
         out.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
@@ -188,8 +243,15 @@ def _plots() -> Any:
     return plots
 
 
-def _overview(items: list[Item], plot: Plotter) -> str:
+def _overview(items: list[Item], plot: Plotter, explain: Explainer) -> str:
     out = []
+    runs_given = [i for i in items if i.kind == RUN]
+    if len(runs_given) > 1:
+        out.append("<h3>runs side by side</h3>")
+        names = [_label(i) for i in runs_given]
+        if len(set(names)) < len(names):  # the same model and data twice: tell them apart by folder
+            names = [f"{n} ({i.source.name})" for n, i in zip(names, runs_given)]
+        out.append(compare_table(names, [dict(_run_pairs(i)) for i in runs_given], explain))
     measured = [r for i in items if i.kind == "scaling" for r in i.data.get("results") or [] if isinstance(r, dict)]
     predicted = [r for i in items if i.kind == "forecast" for r in i.data.get("results") or [] if isinstance(r, dict)]
     if measured and predicted:
@@ -210,8 +272,9 @@ def _overview(items: list[Item], plot: Plotter) -> str:
         out.append("<h3>training compute</h3>")
         out.append(plot("compute", lambda stem: _plots().compute_chart(runs, stem),
                         "training compute in PF/s-days (1 PF/s-day = 8.64e19 FLOPs): landmark runs and these runs"))
-        rows = "".join(f"<tr><td>{esc(label)}</td>{cell(value)}</tr>" for label, _, value in runs)
-        out.append(f"<table><thead><tr><th>run</th><th>PF/s-days</th></tr></thead><tbody>{rows}</tbody></table>")
+        rows = "".join(f"<tr><td>{esc(label)}</td>{cell(value, 'pfs_days')}</tr>" for label, _, value in runs)
+        out.append(f'<table><thead><tr><th>run</th><th title="pfs_days">training compute</th></tr></thead>'
+                   f"<tbody>{rows}</tbody></table>")
     return "".join(out)
 
 
@@ -220,20 +283,21 @@ def render(items: list[Item], title: str, plot: Plotter, extra_sections: list[tu
 
     sections = []
     toc = []
+    explain = Explainer()  # each term explained once, at its first table
+    overview = _overview(items, plot, explain)
     for index, item in enumerate(items, 1):
         anchor = f"s{index}"
         heading = f"{index}. {_label(item)}"
         toc.append(f'<li><a href="#{anchor}">{esc(heading)}</a></li>')
         if item.kind == RUN:
-            body = _run_section(item, plot)
+            body = _run_section(item, plot, explain)
         elif item.kind == "compute":
-            body = _compute_section(item, plot)
+            body = _compute_section(item, plot, explain)
         else:
-            body = _bench_section(item, plot)
+            body = _bench_section(item, plot, explain)
         kind = KIND_TITLES.get(item.kind, item.kind)
         sections.append(f'<section id="{anchor}"><h2>{esc(heading)}</h2>'
                         f'<p class="meta">{esc(kind)}: {esc(item.source)}</p>{body}</section>')
-    overview = _overview(items, plot)
     extras = []
     for index, (heading, body) in enumerate(extra_sections or [], 1):
         anchor = f"x{index}"

@@ -39,6 +39,7 @@ class LabPlan:
     scaling_model: str
     scaling_data: str
     scaling_batch: int
+    scaling_repeats: int  # launches per worker count, interleaved (each starts its workers anew)
     infer_model: str
     infer_shape: tuple[int, ...] | None  # None: the model's own input shape
     infer_batches: tuple[int, ...]  # on GPUs; CPUs stop at 64 (a 256-image batch of resnet18 takes seconds there)
@@ -49,14 +50,14 @@ class LabPlan:
 QUICK = LabPlan(
     train_epochs=5,
     bench_model="cnn", bench_data="synthetic", bench_batch=64, bench_steps=10,
-    scaling_model="cnn", scaling_data="synthetic", scaling_batch=32,
+    scaling_model="cnn", scaling_data="synthetic", scaling_batch=32, scaling_repeats=1,
     infer_model="cnn", infer_shape=None, infer_batches=(1, 64),
     forecast_model="cnn", forecast_batch=32,
 )
 FULL = LabPlan(
     train_epochs=10,
     bench_model="resnet18", bench_data="synthetic:3x32x32", bench_batch=128, bench_steps=10,
-    scaling_model="resnet18", scaling_data="synthetic:3x32x32", scaling_batch=64,
+    scaling_model="resnet18", scaling_data="synthetic:3x32x32", scaling_batch=64, scaling_repeats=3,
     infer_model="resnet18", infer_shape=(3, 32, 32), infer_batches=(1, 32, 256),
     forecast_model="resnet18", forecast_batch=64,
 )
@@ -82,12 +83,17 @@ def run_lab(out: Path, quick: bool, say: Callable[[str], None], detail: Callable
     train_dir = out / "train"
     fit("cnn", "digits", epochs=plan.train_epochs, device=devices[-1], run_dir=str(train_dir))
     inputs.append(train_dir)
+    trained = _resolved_settings(train_dir)
     speeds: dict[str, float] = {}
     for device in devices:
         bench_dir = out / f"bench-train-{device}"
+        # the device the lab trained on is timed with that run's resolved settings; another
+        # device gets what `dlscale train` would resolve there
+        same = trained if device == devices[-1] else {}
         request = TrainBenchRequest(
             model=plan.bench_model, data=plan.bench_data, batch_size=plan.bench_batch, device=device,
-            precision="fp32" if device == "cpu" else "auto", steps=plan.bench_steps, repeats=3, run_dir=str(bench_dir),
+            precision=same.get("precision", "auto"), compile=same.get("compile"),
+            channels_last=same.get("channels_last"), steps=plan.bench_steps, repeats=3, run_dir=str(bench_dir),
         )
         result, path = run_bench_train(request, detail)
         detail(f"result written to {path}")
@@ -105,7 +111,7 @@ def run_lab(out: Path, quick: bool, say: Callable[[str], None], detail: Callable
     scaling_dir = out / "bench-scaling"
     request = ScalingBenchRequest(
         nproc=tuple(workers), model=plan.scaling_model, data=plan.scaling_data, batch_size=plan.scaling_batch,
-        device=devices[-1], steps=5, repeats=2, run_dir=str(scaling_dir),
+        device=devices[-1], steps=5, repeats=plan.scaling_repeats, run_dir=str(scaling_dir),
     )
     result, path = run_bench_scaling(request, detail)
     detail(f"result written to {path}")
@@ -136,6 +142,24 @@ def run_lab(out: Path, quick: bool, say: Callable[[str], None], detail: Callable
                           extra_sections=[("The lab in a few lines", section)], plots_dir=out / "figures")
     results.write_result(out / "lab.json", "lab", {"notes": notes, "inputs": [str(p) for p in inputs], "quick": quick})
     return report
+
+
+def _resolved_settings(run_dir: Path) -> dict[str, Any]:
+    """precision, compile and channels_last as the run resolved them (its config.toml), so the
+    benchmark row of that device times the settings the training run used."""
+    import tomllib
+
+    try:
+        config = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
+    settings: dict[str, Any] = {}
+    if isinstance(config.get("precision"), str) and config["precision"] != "auto":
+        settings["precision"] = config["precision"]
+    for key in ("compile", "channels_last"):
+        if isinstance(config.get(key), bool):
+            settings[key] = config[key]
+    return settings
 
 
 def _bench_infer(run_dir: Path, plan: LabPlan, device_name: str, detail: Callable[[str], None]) -> Path:

@@ -77,3 +77,36 @@ def nearest(run_pfs_days: float, count: int = 2) -> list[Landmark]:
     value = max(run_pfs_days, 1e-300)
     ranked = sorted(LANDMARKS, key=lambda e: abs(math.log10(e.pfs_days) - math.log10(value)))
     return sorted(ranked[:count], key=lambda e: e.pfs_days)
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A straight line through log2(PF/s-days) against year: compute doubling at a steady pace."""
+
+    first_year: int
+    last_year: int
+    doublings_per_year: float
+    log2_at_year_zero: float
+    points: int
+
+    @property
+    def doubling_months(self) -> float:
+        return 12.0 / self.doublings_per_year
+
+    def pfs_days_at(self, year: float) -> float:
+        return 2.0 ** (self.log2_at_year_zero + self.doublings_per_year * year)
+
+
+def doubling_trend(entries: tuple[Landmark, ...] = LANDMARKS, first_year: int = 2012, last_year: int = 2018) -> Trend:
+    """Least squares of log2(PF/s-days) on year over the landmarks of ``first_year``..``last_year``:
+    the fit behind OpenAI's "doubling every 3.4 months" (AI and Compute, 2018)."""
+    import math
+
+    points = [(float(e.year), math.log2(e.pfs_days)) for e in entries if first_year <= e.year <= last_year and e.pfs_days > 0]
+    years = {x for x, _ in points}
+    if len(years) < 2:
+        raise ValueError(f"a trend needs landmarks from at least two years in {first_year}-{last_year}")
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+    return Trend(first_year, last_year, slope, mean_y - slope * mean_x, len(points))

@@ -21,6 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
+from dlscale.report.ranges import value_range
+
 Row = dict[str, Any]
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
@@ -94,6 +96,14 @@ def _si_log_axis(axis: Any) -> None:
         axis.set_minor_formatter(NullFormatter())
 
 
+def _worth_a_plot(values: Sequence[float], what: str) -> None:
+    """One point, or points that all agree, say nothing a table does not: raise ValueError saying why."""
+    if len(values) < 2:
+        raise ValueError(f"only one {what} was measured, nothing to compare (the table has the figure)")
+    if max(values) - min(values) <= 1e-12 * max(abs(v) for v in values):
+        raise ValueError(f"every {what} gave the same value (the table has it)")
+
+
 # --------------------------------------------------------------------------- training curves
 
 
@@ -108,6 +118,7 @@ def loss_accuracy(metrics_records: Sequence[Row], stem: str | Path) -> Path:
     val_acc = [(s, v) for s, v in val_acc if v is not None]
     if not train and not val_loss:
         raise ValueError("no train or val records with a loss")
+    _worth_a_plot([v for _, v in train] if len(train) >= len(val_loss) else [v for _, v in val_loss], "logged loss")
 
     fig = _new_figure(10, 4.2)
     ax_loss, ax_acc = fig.subplots(1, 2)
@@ -166,6 +177,7 @@ def throughput_vs_batch(bench_train_rows: Sequence[Row], stem: str | Path) -> Pa
     rows = [r for r in bench_train_rows if _positive(r.get("samples_per_second")) and _positive(r.get("batch_size"))]
     if not rows:
         raise ValueError("no rows with batch_size and samples_per_second")
+    _worth_a_plot([float(r["samples_per_second"]) for r in rows], "setting")
     keys = ["precision", *_varying(rows, ("device", "compiled", "channels_last", "model"))]
     series: dict[str, list[Row]] = {}
     for row in rows:
@@ -175,14 +187,19 @@ def throughput_vs_batch(bench_train_rows: Sequence[Row], stem: str | Path) -> Pa
     ax = fig.subplots()
     for index, (label, members) in enumerate(series.items()):
         members = sorted(members, key=lambda r: r["batch_size"])
-        ax.plot([r["batch_size"] for r in members], [r["samples_per_second"] for r in members],
-                markersize=7, linewidth=1.5, label=label, **_style(index))
+        speeds = [r["samples_per_second"] for r in members]
+        spreads = [value_range(r, "samples_per_second") for r in members]
+        errors = [[v - (s[0] if s else v) for v, s in zip(speeds, spreads)],
+                  [(s[1] if s else v) - v for v, s in zip(speeds, spreads)]]
+        ax.errorbar([r["batch_size"] for r in members], speeds, yerr=errors if any(spreads) else None, capsize=3,
+                    markersize=7, linewidth=1.5, label=label, **_style(index))
     _int_ticks(ax, [r["batch_size"] for r in rows])
     ax.set_yscale("log")
     _si_log_axis(ax.yaxis)
     ax.set_xlabel("batch size (samples per step, log 2)")
     ax.set_ylabel("training throughput (samples/s, log)")
-    ax.set_title("training throughput vs batch size")
+    ax.set_title("training throughput vs batch size" + (" (bars: range over repeats)" if any(
+        value_range(r, "samples_per_second") for r in rows) else ""))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title="precision", fontsize=8)
     return _save(fig, stem)
@@ -203,6 +220,8 @@ def scaling(measured_rows: Sequence[Row], predicted_rows: Sequence[Row], stem: s
     predicted = sorted((r for r in predicted_rows if _workers(r) and _number(r.get("speedup")) is not None), key=_workers)
     if not measured and not predicted:
         raise ValueError("no rows with workers (or gpus) and speedup")
+    if len(measured) < 2 and len(predicted) < 2:
+        _worth_a_plot([_workers(r) for r in (*measured, *predicted)], "worker count")
     all_n = [_workers(r) for r in (*measured, *predicted)]
     lo, hi = min(all_n), max(all_n)
 
@@ -253,6 +272,7 @@ def predictions_per_device(infer_rows: Sequence[Row], stem: str | Path) -> Path:
     rows = _infer_rows(infer_rows)
     if not rows:
         raise ValueError("no inference rows with predictions_per_second")
+    _worth_a_plot([float(r["predictions_per_second"]) for r in rows], "setting")
     extra = _varying(rows, ("mode", "model"))
     groups: list[tuple] = []
     precisions: list[str] = []
@@ -303,6 +323,8 @@ def speed_accuracy(infer_rows: Sequence[Row], stem: str | Path) -> Path:
     rows = [r for r in _infer_rows(infer_rows) if _number(r.get("test_accuracy")) is not None]
     if not rows:
         raise ValueError("no inference rows with both predictions_per_second and test_accuracy")
+    if len(rows) < 2:
+        _worth_a_plot([], "setting")
     by_precision: dict[str, list[Row]] = {}
     for row in rows:
         by_precision.setdefault(str(row.get("precision")), []).append(row)
@@ -344,6 +366,8 @@ def serving(serve_rows: Sequence[Row], p99_bound_ms: float | None, stem: str | P
     kinds = [(mode, rows) for mode, rows in kinds if rows]
     if not kinds:
         raise ValueError("no serving rows with predictions_per_second")
+    if max(len(rows) for _, rows in kinds) < 2:
+        _worth_a_plot([], "load")
     fig = _new_figure(4.6 * len(kinds), 6.4)
     axes = fig.subplots(2, len(kinds), squeeze=False)
     for column, (mode, rows) in enumerate(kinds):
@@ -377,39 +401,95 @@ def serving(serve_rows: Sequence[Row], p99_bound_ms: float | None, stem: str | P
 # --------------------------------------------------------------------------- compute
 
 
+def _repel(fig: Figure, texts: list[Any], points: Sequence[tuple[float, float]] = (), gap_px: float = 1.5,
+           marker_px: float = 5.0, rounds: int = 80) -> None:
+    """Move labels off each other and off the markers, deterministically: sorted by height, a
+    label that overlaps a label below it or a marker is pushed up just clear of it (a leader
+    line keeps it tied to its point)."""
+    if not texts:
+        return
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    for text in texts:  # the layout must not move the axes when a label moves
+        text.set_in_layout(False)
+    fig.canvas.draw()  # lay out the figure so the text boxes are final
+    renderer = fig.canvas.get_renderer()
+    to_points = 72.0 / fig.dpi
+    boxes = [Text.get_window_extent(t, renderer) for t in texts]  # the words only, not the leader line
+    transform = texts[0].axes.transData
+    markers = [transform.transform(p) for p in points]
+    markers = [Bbox.from_extents(x - marker_px, y - marker_px, x + marker_px, y + marker_px) for x, y in markers]
+    anchors = [transform.transform(t.xy) for t in texts]
+
+    def overlaps(a: Any, b: Any) -> bool:
+        return not (a.x1 <= b.x0 or b.x1 <= a.x0 or a.y1 + gap_px <= b.y0 or b.y1 <= a.y0)
+
+    def push(index: int, above: float) -> None:
+        shift = above + gap_px - boxes[index].y0
+        x, y = texts[index].xyann
+        texts[index].xyann = (x, y + shift * to_points)
+        boxes[index] = boxes[index].translated(0, shift)
+
+    for _ in range(rounds):
+        moved = False
+        order = sorted(range(len(texts)), key=lambda i: (boxes[i].y0, boxes[i].x0))
+        for rank, lower in enumerate(order):
+            for marker in markers:
+                own = marker.contains(*anchors[lower])
+                if not own and overlaps(marker, boxes[lower]) and boxes[lower].y0 >= marker.y0 - marker_px:
+                    push(lower, marker.y1)
+                    moved = True
+            for upper in order[rank + 1:]:
+                if overlaps(boxes[lower], boxes[upper]):
+                    push(upper, boxes[lower].y1)
+                    moved = True
+        if not moved:
+            break
+
+
 def compute_figure(runs: Sequence[tuple[str, int, float]], runs_label: str = "this report's runs",
                    title_runs: str = "these runs") -> Figure:
     """Landmark training runs (report.landmarks) in petaflop/s-days by year (log), with
-    ``runs`` (label, year, pfs_days) placed among them as filled stars."""
-    from dlscale.report.landmarks import LANDMARKS
+    ``runs`` (label, year, pfs_days) placed among them as filled stars, and the 2012-2018
+    doubling trend fitted to the landmarks; labels are moved apart so none overlaps."""
+    from dlscale.report.landmarks import LANDMARKS, doubling_trend
 
-    fig = _new_figure(9, 6)
+    fig = _new_figure(9, 6.4)
     ax = fig.subplots()
     ax.scatter([e.year for e in LANDMARKS], [e.pfs_days for e in LANDMARKS], marker="o", s=36,
                facecolors="white", edgecolors=COLOURS[1], linewidths=1.3, label="landmark runs", zorder=3)
-    labelled: list[tuple[int, float]] = []
-    for entry in LANDMARKS:  # a label near one already drawn in the same year goes to the left
-        crowded = any(y == entry.year and abs(math.log10(v) - math.log10(entry.pfs_days)) < 0.35 for y, v in labelled)
-        ax.annotate(entry.name, (entry.year, entry.pfs_days), fontsize=7, xytext=(-5, -3) if crowded else (5, 2),
-                    ha="right" if crowded else "left", textcoords="offset points")
-        if not crowded:
-            labelled.append((entry.year, entry.pfs_days))
+    leader = {"arrowstyle": "-", "color": "#888888", "linewidth": 0.5, "shrinkA": 0, "shrinkB": 3}
+    texts = [ax.annotate(entry.name, (entry.year, entry.pfs_days), fontsize=7, xytext=(6, -2), ha="left",
+                         textcoords="offset points", arrowprops=leader)
+             for entry in sorted(LANDMARKS, key=lambda e: (e.pfs_days, e.name))]
+    trend = doubling_trend()
+    years = [trend.first_year - 0.3, trend.last_year + 0.3]
+    ax.plot(years, [trend.pfs_days_at(y) for y in years], linestyle="--", linewidth=1.2, color=COLOURS[2],
+            label=f"least-squares trend of the {trend.first_year}-{trend.last_year} landmarks", zorder=2)
+    texts.append(ax.annotate(
+        f"fit {trend.first_year}-{trend.last_year}: doubling every {trend.doubling_months:.1f} months",
+        (years[1], trend.pfs_days_at(years[1])), xytext=(4, 0), textcoords="offset points", fontsize=8,
+        color=COLOURS[2], ha="left", va="center", fontweight="bold"))
     placed = [(label, year, value) for label, year, value in runs if _positive(value)]
     if placed:
         ax.scatter([y for _, y, _ in placed], [v for _, _, v in placed], marker="*", s=180, color=COLOURS[2],
                    edgecolors=COLOURS[0], linewidths=0.8, label=runs_label, zorder=4)
-        for label, year, value in placed:
-            ax.annotate(label, (year, value), fontsize=8, xytext=(7, -4), textcoords="offset points",
-                        fontweight="bold")
+        texts += [ax.annotate(label, (year, value), fontsize=8, xytext=(8, -4), textcoords="offset points",
+                              fontweight="bold", arrowprops=leader)
+                  for label, year, value in sorted(placed, key=lambda r: r[2])]
     ax.set_yscale("log")
-    years = [e.year for e in LANDMARKS] + [y for _, y, _ in placed]
-    ax.set_xlim(min(years) - 0.7, max(years) + 2.5)
+    all_years = [e.year for e in LANDMARKS] + [y for _, y, _ in placed]
+    values = [e.pfs_days for e in LANDMARKS] + [v for _, _, v in placed]
+    ax.set_xlim(min(all_years) - 0.7, max(all_years) + 3.0)
+    ax.set_ylim(min(values) / 10, max(values) * 30)  # room above for labels pushed up
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.0f}"))
     ax.set_xlabel("year of publication / of the run")
     ax.set_ylabel("training compute (PF/s-days, log; 1 PF/s-day = 8.64e19 FLOPs)")
     ax.set_title(f"training compute: landmarks (OpenAI AI and Compute; GPT-3) and {title_runs}")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
+    _repel(fig, texts, [(e.year, e.pfs_days) for e in LANDMARKS] + [(y, v) for _, y, v in placed])
     return fig
 
 

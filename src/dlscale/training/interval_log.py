@@ -61,9 +61,9 @@ class IntervalLogger:
                                         devices, peak=job.peak)["mfu"]
         if dist.is_main():
             job.metrics.write(record)
-        if rate is not None:
-            unit = "tok" if job.tokens_per_sample > 1 else "samples"
-            self.progress.show_rate(rate * job.tokens_per_sample, record["loss"], unit)
+        unit = "tok" if job.tokens_per_sample > 1 else "samples"
+        shown_rate = rate * job.tokens_per_sample if rate is not None else None
+        self.progress.interval(step, record["epoch"], job.epochs, record["loss"], shown_rate, unit)
         state.last_loss = float(losses[-1])
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from dlscale.bench import reliability
+from dlscale.bench.reliability import Interference
 from dlscale.distributed import process_group as dist
 from dlscale.hardware.device import describe, peak_memory_bytes
 from dlscale.hardware.mfu import global_counts, utilisation
@@ -67,6 +69,16 @@ class RunSummary:
     auto_settings: dict[str, Any] | None  # what the CPU probe measured when precision/channels_last were left open
     run_dir: str
     slurm_restart_count: int | None  # times SLURM requeued the job that finished the run; null outside SLURM
+    # whether the figures can be trusted (bench.reliability): this session's load, steal and
+    # the spread of its logged intervals' samples/s
+    reliable: bool
+    unreliable_reason: str | None
+    load_average_before: float
+    load_average_after: float | None
+    steal_fraction: float | None
+    samples_per_second_p10: float | None
+    samples_per_second_p90: float | None
+    samples_per_second_cv: float | None
     test_mae: float | None = None  # regression (float targets) only, as test_r2: 1 - SSE/SST
     test_r2: float | None = None
     stopped_early: bool = False  # --early-stop-patience ended the run before its last step
@@ -84,10 +96,11 @@ class RunSummary:
 
 def summarize(
     job: Job, state: TrainState, test: dict[str, float | None], energy_kwh: float | None,
-    outcome: dict[str, Any] | None = None,
+    outcome: dict[str, Any] | None = None, *, interference: Interference,
 ) -> RunSummary:
     """The summary of the whole run, every session of it; collective: every worker calls it.
-    ``test`` is the Evaluator's test record (test_loss, test_accuracy or test_mae, test_r2, ...)."""
+    ``test`` is the Evaluator's test record (test_loss, test_accuracy or test_mae, test_r2, ...);
+    ``interference`` the snapshot taken as this session's training loop began."""
     earlier, timer, device = state.earlier, state.timer, job.stepper.device
     # samples summed over all ranks, over the slowest rank's time (an all-reduce when distributed)
     timed_samples, timed_seconds = global_counts(
@@ -105,6 +118,8 @@ def summarize(
     devices = dist.world_size() if device.type == "cuda" else job.config.nnodes
     usage = utilisation(flops_per_sample, samples_per_second, device, job.stepper.precision, devices, peak=job.peak)
     tokens = job.tokens_per_sample if job.splits.kind == "tokens" else None
+    spread = reliability.spread_stats(timer.timed_rates)
+    trust = reliability.fields(interference.after(), [spread])
     return RunSummary(
         model=job.model_name,
         data=job.splits.name,
@@ -148,6 +163,8 @@ def summarize(
         auto_settings=job.tuned,
         run_dir=str(job.run_dir),
         slurm_restart_count=restart_count(),
+        **trust,
+        **reliability.spread_fields("samples_per_second", timer.timed_rates),
         test_mae=test.get("test_mae"),
         test_r2=test.get("test_r2"),
         loader_workers=job.feeds["train"].workers,

@@ -29,6 +29,7 @@ class StepTimer:
         self.timed_seconds = 0.0
         self.timed_samples = 0
         self.timed_data_seconds = 0.0  # host time spent waiting for the next batch in timed steps
+        self.timed_rates: list[float] = []  # samples/s of each timed interval: their spread says how steady the run was
         self._lap_data_seconds = 0.0
         self._mark = 0.0
         self._mark_step = 0
@@ -51,6 +52,8 @@ class StepTimer:
             self.timed_seconds += seconds
             self.timed_samples += lap_samples
             self.timed_data_seconds += self._lap_data_seconds
+            if seconds > 0 and lap_samples > 0:
+                self.timed_rates.append(lap_samples / seconds)
         self._lap_data_seconds = 0.0
         self._mark, self._mark_step, self._mark_samples = now, step, samples
         return seconds, lap_samples

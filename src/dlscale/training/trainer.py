@@ -39,6 +39,8 @@ from dlscale.training.setup import setup
 from dlscale.training.signals import StopRequests
 from dlscale.training.state import EarlierSessions, TrainState
 from dlscale.training.step import train_step
+from dlscale.bench import reliability
+from dlscale.bench.reliability import Interference
 from dlscale.training.summary import header, summarize
 from dlscale.training.timing import StepTimer
 
@@ -87,6 +89,7 @@ class Trainer:
         progress.print(header(job, state.step))
         progress.start(job.total_steps, state.step)
         state.timer.restart(state.step, state.samples)
+        interference = Interference.snapshot()  # the load before the loop: setup and restoring are not training
         power = PowerSampler(device.index or 0) if device.type == "cuda" else contextlib.nullcontext()
         stop: int | None = None  # the signal every worker agreed to stop on (SIGTERM, SIGINT, SIGUSR1)
         self.watchdog.pet()  # its clock starts with the loop: setup and restoring are not steps
@@ -126,11 +129,13 @@ class Trainer:
             self.callbacks.restore_best()  # --keep-best: the test (and the exported model) use the best weights
             test = self.evaluator.test()  # test_loss and test_<metric>
             save_final_weights(job.run_dir, job.stepper.raw_model)  # model.safetensors, beside model.json
-        summary = self._write_summary(power, test)
+        summary = self._write_summary(power, test, interference)
         progress.summary_table(summary, str(job.run_dir))
         if summary["skipped_files"]:
             progress.print(f"warning: {summary['skipped_files']} unreadable image files were skipped (--skip-bad-files) "
                            "and other samples read in their place; remove or replace them")
+        if reliability.warning(summary):
+            progress.print(reliability.warning(summary))
         self.callbacks.on_train_end(summary)
         return TrainResult(summary=summary, run_dir=job.run_dir, model=job.stepper.raw_model)
 
@@ -154,12 +159,13 @@ class Trainer:
         if record is not None:
             state.timer.restart(state.step, state.samples)
 
-    def _write_summary(self, power: Any, test: dict[str, float | None]) -> dict[str, Any]:
+    def _write_summary(self, power: Any, test: dict[str, float | None], interference: Interference) -> dict[str, Any]:
         """summary.json of the whole run (every worker's energy, every session's time); rank 0
         writes it, and no worker (nor its node's launcher) ends before it exists."""
         job = self.job
         energy_kwh = _energy_kwh(power, job.stepper.device, self.state.earlier.energy_kwh)
-        summary = results.stamp("summary", summarize(job, self.state, test, energy_kwh, self.callbacks.summary_fields()).to_dict())
+        summary = results.stamp("summary", summarize(
+            job, self.state, test, energy_kwh, self.callbacks.summary_fields(), interference=interference).to_dict())
         if dist.is_main():
             results.write_hardware(job.run_dir, hw_report(measured=job.machine_peaks))  # the peaks MFU used
             results.write_summary(job.run_dir, summary)
