@@ -3,8 +3,6 @@ command in a fresh process and run directory, with the spread (min-max) and the 
 average around each run (a shared machine shows in it).
 
 - ``dlscale train`` at its defaults (the cnn on digits), start-up included, with its test accuracy;
-- the CPU settings probe's cost on the first run of resnet18 at 32x32: one training step
-  with no cached probe result against one with it (interleaved);
 - ``dlscale lab --quick`` (--lab-rounds, it takes minutes).
 
     python benchmarks/readme_times.py --rounds 5 --lab-rounds 1 --out benchmarks/results/readme-times-2026-11-30.json
@@ -16,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -58,28 +55,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work, warm = Path(tmp), Path(tmp) / "warm-cache"
         _run(["train", "--max-steps", "2", "--run-dir", "warmup"], work, warm)  # peaks and the cnn's probe cached
-        _run(["train", "--model", "resnet18", "--data", "synthetic:3x32x32", "--max-steps", "1", "--run-dir", "w2"], work, warm)
         for r in range(args.rounds):
             wall, summary, before, after = _run(["train", "--run-dir", f"d{r}", "--json"], work, warm)
             times.setdefault("dlscale train (defaults: cnn on digits)", []).append(wall)
             accuracy.append(summary["test_accuracy"])
             loads += [before, after]
-            cold = work / f"cold-{r}"
-            shutil.copytree(warm, cold)
-            for probe in cold.glob("settings-*.json"):  # the peaks stay: only the probe's answers are taken away
-                probe.unlink()
-            step = ["train", "--model", "resnet18", "--data", "synthetic:3x32x32", "--max-steps", "1"]
-            wall_cold, *_ = _run([*step, "--run-dir", f"c{r}"], work, cold)
-            wall_warm, *_ = _run([*step, "--run-dir", f"h{r}"], work, warm)
-            times.setdefault("resnet18 32x32, one step, probe not cached", []).append(wall_cold)
-            times.setdefault("resnet18 32x32, one step, probe cached", []).append(wall_warm)
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()), file=sys.stderr)
         for r in range(args.lab_rounds):
             wall, _, before, after = _run(["lab", "--quick", "-o", f"lab{r}"], work, warm)
             times.setdefault("dlscale lab --quick", []).append(wall)
             loads += [before, after]
     stats = {k: _stats(v) for k, v in times.items()}
-    probe = [c - w for c, w in zip(times["resnet18 32x32, one step, probe not cached"], times["resnet18 32x32, one step, probe cached"])]
     result = {
         "benchmark": "readme-times",
         "command": " ".join(["python", "benchmarks/readme_times.py", *sys.argv[1:]]),
@@ -87,7 +73,6 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
         "seconds": stats,
-        "probe_cost_s": _stats(probe),
         "default_train_test_accuracy": {"median": statistics.median(accuracy), "min": min(accuracy), "max": max(accuracy)},
         "load_average_around_runs": {"min": min(loads), "max": max(loads)},
     }
