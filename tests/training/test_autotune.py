@@ -261,7 +261,8 @@ def test_real_run_on_a_cnn_measures_every_variant_and_leaves_the_model_alone():
 
     choice = _choose(model, x, y)
 
-    assert set(choice.step_ms) == {"fp32", "fp32+channels_last", "bf16", "bf16+channels_last"}
+    # every variant, but bf16+channels_last where bf16's warm-up was hopeless on this CPU
+    assert {"fp32", "fp32+channels_last", "bf16"} <= set(choice.step_ms) <= {"fp32", "fp32+channels_last", "bf16", "bf16+channels_last"}
     assert all(ms > 0 for ms in choice.step_ms.values())
     assert choice.precision in ("fp32", "bf16") and isinstance(choice.channels_last, bool)
     assert choice.cached is False
@@ -301,7 +302,7 @@ def test_a_stopped_process_holding_the_cache_lock_does_not_stop_this_one(monkeyp
         started = time.monotonic()
         choice = _choose()
         elapsed = time.monotonic() - started
-        assert choice.cached is False and set(choice.step_ms) == {
+        assert choice.cached is False and {"fp32", "fp32+channels_last", "bf16"} <= set(choice.step_ms) <= {
             "fp32", "fp32+channels_last", "bf16", "bf16+channels_last"
         }
         assert all(ms > 0 for ms in choice.step_ms.values())
@@ -310,3 +311,22 @@ def test_a_stopped_process_holding_the_cache_lock_does_not_stop_this_one(monkeyp
     (line,) = [l for l in capfd.readouterr().err.splitlines() if l.startswith("dlscale:")]
     assert str(path) in line and f"process {holder.pid}" in line and line.endswith("measuring without it")
     assert _choose().cached is False and _choose().cached is True  # free again: cached as before
+
+
+def test_a_variant_whose_warm_up_is_several_times_the_best_is_not_timed_further(monkeypatch, tmp_path):
+    """bf16 on a CPU without bf16 units took 29 s a step against fp32's 1.8 s for resnet18: the
+    probe stops timing a variant once its warm-up step is HOPELESS_WARMUP times the best median."""
+    limits = {}
+
+    def fake(model, x, y, precision, channels_last, warmup_limit_s=float("inf")):
+        limits[(precision, channels_last)] = warmup_limit_s
+        return {("fp32", False): 10.0, ("fp32", True): 8.0, ("bf16", False): 90.0, ("bf16", True): 70.0}[(precision, channels_last)]
+
+    monkeypatch.setattr(autotune, "median_step_ms", fake)
+    choice = _choose()
+    assert (choice.precision, choice.channels_last) == ("fp32", True)
+    assert limits[("fp32", False)] == autotune.FIRST_STEP_LIMIT_S
+    assert limits[("fp32", True)] == pytest.approx(autotune.HOPELESS_WARMUP * 10.0 / 1e3)
+    assert limits[("bf16", False)] == pytest.approx(autotune.HOPELESS_WARMUP * 8.0 / 1e3)
+    # bf16's warm-up (90 ms) was over 3 x 8 ms: its channels_last layout is not tried at all
+    assert ("bf16", True) not in limits and set(choice.step_ms) == {"fp32", "fp32+channels_last", "bf16"}

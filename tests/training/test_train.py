@@ -183,7 +183,8 @@ def test_settings_left_open_on_cpu_are_measured_once_then_read_from_the_cache(tm
     monkeypatch.setattr(contention, "machine_busy", lambda: False)  # else a busy-then-quiet machine re-measures
     first = dlscale.fit("cnn", "digits", max_steps=4, run_dir=str(tmp_path / "a"), verbose=False).summary
     tuned = first["auto_settings"]
-    assert set(tuned["step_ms"]) == {"fp32", "fp32+channels_last", "bf16", "bf16+channels_last"}
+    # every variant, but bf16+channels_last where bf16's warm-up was hopeless on this CPU (training/autotune)
+    assert {"fp32", "fp32+channels_last", "bf16"} <= set(tuned["step_ms"]) <= {"fp32", "fp32+channels_last", "bf16", "bf16+channels_last"}
     assert not tuned["cached"]
     assert (first["precision"], first["channels_last"]) == (tuned["precision"], tuned["channels_last"])
     config = (tmp_path / "a" / "config.toml").read_text()

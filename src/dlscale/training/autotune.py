@@ -30,6 +30,7 @@ from dlscale.models.flops import loss_fn
 PROBE_SAMPLES = 64  # samples of the run's batch timed per step (small batches mislead: overhead dominates)
 TIMED_STEPS = 3  # after one warm-up step, per variant
 FIRST_STEP_LIMIT_S = 5.0  # a first step slower than this: measuring the rest would cost too long
+HOPELESS_WARMUP = 3.0  # a later variant's warm-up step over this many times the best median: not timed further
 BF16_MARGIN = 0.10  # bf16 must be at least this much faster than the best fp32 variant
 CHANNELS_LAST_MARGIN = 0.03  # channels_last must beat NCHW of its precision by this (noise)
 
@@ -170,11 +171,19 @@ def choose_cpu_settings(
             return found
         ms: dict[tuple[str, bool], float] = {}
         with torch.random.fork_rng(devices=[]):  # dropout draws must not shift the run's RNG
+            hopeless: set[str] = set()
             for i, (p, cl) in enumerate(variants):
-                limit = FIRST_STEP_LIMIT_S if i == 0 else math.inf
+                if p in hopeless:
+                    continue  # the other layout of a hopeless precision is not tried
+                # a variant whose warm-up already takes several times the best median cannot be
+                # the faster one: its timed steps are skipped, and so is its precision's other
+                # layout (bf16 on a CPU without bf16 units: 16-25x fp32's step here)
+                limit = FIRST_STEP_LIMIT_S if i == 0 else HOPELESS_WARMUP * min(ms.values()) / 1e3
                 ms[(p, cl)] = median_step_ms(model, x, y, p, cl, warmup_limit_s=limit)
                 if i == 0 and ms[(p, cl)] > FIRST_STEP_LIMIT_S * 1e3:
                     break  # too slow to try every variant: keep the baseline
+                if i > 0 and ms[(p, cl)] > limit * 1e3:
+                    hopeless.add(p)
         chosen = variants[0] if len(ms) == 1 else _decide(ms)
         step_ms = {_label(p, cl): round(v, 3) for (p, cl), v in ms.items()}
         if not locked:
