@@ -20,15 +20,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from recording import percentiles, provenance, publish
 
 import numpy as np
 import PIL
@@ -89,21 +85,12 @@ def main() -> None:
                 fn(b)
             rates[name].append(len(blobs) / (time.perf_counter() - start))
         print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
-    stats = {}
-    for name, values in rates.items():
-        ordered = sorted(values)
-        stats[name] = {"median": statistics.median(values), "p10": ordered[round(0.1 * (len(ordered) - 1))],
-                       "p90": ordered[round(0.9 * (len(ordered) - 1))], "rounds": values}
+    stats = {name: percentiles(values) for name, values in rates.items()}
     med = {k: v["median"] for k, v in stats.items()}
     import simplejpeg
 
     result = {
-        "benchmark": "data-decoders",
-        "command": " ".join(["python", "benchmarks/data_decoders.py", *sys.argv[1:]]),
-        "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.platform()}), Pillow {PIL.__version__}, "
-                   f"simplejpeg {simplejpeg.__version__}",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
+        **provenance("data-decoders", f"Pillow {PIL.__version__}, simplejpeg {simplejpeg.__version__}"),
         "data": f"{len(blobs)} JPEGs of about 500x375 from {args.folder}, in memory, one process",
         "samples_per_second": stats,
         "ratios_of_medians": {
@@ -113,11 +100,7 @@ def main() -> None:
             "center crop / whole image, pillow decode + resize": med["pillow center crop resize"] / med["pillow whole resize"],
         },
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-
+    publish(result, args.out)
 
 if __name__ == "__main__":
     main()

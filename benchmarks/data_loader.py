@@ -19,15 +19,11 @@ of the rounds, and the ratios of medians.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from recording import percentiles, provenance, publish
 
 import numpy as np
 import torch
@@ -104,12 +100,6 @@ def _rate(fn) -> float:
     return samples / (time.perf_counter() - start)
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]  # noqa: E731
-    return {"median": statistics.median(values), "p10": pick(0.1), "p90": pick(0.9), "rounds": values}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", default="/tmp/dlscale-bench-photos")
@@ -140,27 +130,18 @@ def main() -> None:
     for feed in feeds.values():
         feed.close()
 
-    stats = {k: _stats(v) for k, v in rates.items()}
+    stats = {k: percentiles(v) for k, v in rates.items()}
     ratios = {f"dlscale/canonical, {w} workers": stats[f"dlscale/{w}"]["median"] / stats[f"canonical/{w}"]["median"] for w in workers}
     ratios |= {f"dlscale loader/raw decode x workers, {w} workers": stats[f"dlscale/{w}"]["median"] / (w * stats["raw/dlscale"]["median"]) for w in workers}
     ratios["raw decode dlscale/canonical"] = stats["raw/dlscale"]["median"] / stats["raw/canonical"]["median"]
     result = {
-        "benchmark": "data-loader",
-        "command": " ".join(["python", "benchmarks/data_loader.py", *sys.argv[1:]]),
-        "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.platform()}), torch {torch.__version__}, "
-                   f"Pillow {Image.__version__}",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
+        **provenance("data-loader", f"torch {torch.__version__}, Pillow {Image.__version__}"),
         "data": f"{args.files} JPEGs of 500x375 (a quarter 375x500), quality 90; {len(train)} training files per epoch, "
                 f"batch {BATCH}, output 3x{SIZE}x{SIZE}",
         "samples_per_second": stats,
         "ratios_of_medians": ratios,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-
+    publish(result, args.out)
 
 if __name__ == "__main__":
     main()

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from recording import percentiles, provenance, publish
 
 from PIL import Image
 
@@ -79,12 +77,6 @@ def _in_process(code: str, folder: Path, cache: Path) -> float:
     return float(next(line.split()[1] for line in out.splitlines() if line.startswith("T ")))
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]  # noqa: E731
-    return {"median_s": statistics.median(values), "p10_s": pick(0.1), "p90_s": pick(0.9), "rounds_s": values}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", default="/tmp/dlscale-bench-100k")
@@ -111,14 +103,10 @@ def main() -> None:
             times.setdefault("second start (in process)", []).append(_in_process(START, folder, cache))
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), file=sys.stderr)
 
-    stats = {k: _stats(v) for k, v in times.items()}
+    stats = {k: percentiles(v, "_s") for k, v in times.items()}
     med = {k: v["median_s"] for k, v in stats.items()}
     result = {
-        "benchmark": "data-startup",
-        "command": " ".join(["python", "benchmarks/data_startup.py", *sys.argv[1:]]),
-        "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.platform()})",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
+        **provenance("data-startup"),
         "data": f"{args.files} PNG files of 8x8 in {args.classes} class folders",
         "seconds": stats,
         "ratios_of_medians": {
@@ -127,11 +115,7 @@ def main() -> None:
             "second start / first start, in process": med["second start (in process)"] / med["first start (in process)"],
         },
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-
+    publish(result, args.out)
 
 if __name__ == "__main__":
     main()

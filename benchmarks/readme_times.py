@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from recording import provenance, publish
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,20 +67,12 @@ def main() -> None:
             loads += [before, after]
     stats = {k: _stats(v) for k, v in times.items()}
     result = {
-        "benchmark": "readme-times",
-        "command": " ".join(["python", "benchmarks/readme_times.py", *sys.argv[1:]]),
-        "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.platform()})",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
+        **provenance("readme-times"),
         "seconds": stats,
         "default_train_test_accuracy": {"median": statistics.median(accuracy), "min": min(accuracy), "max": max(accuracy)},
         "load_average_around_runs": {"min": min(loads), "max": max(loads)},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-
+    publish(result, args.out)
 
 if __name__ == "__main__":
     main()
