@@ -35,7 +35,7 @@ def test_forecast_table_fits_80_columns():
 
     rows = [{"gpus": g, "nodes": max(1, g // 8), "step_time_s": 0.2081, "samples_per_second": 9821.4 * g,
              "speedup": 59.9, "efficiency": 0.936, "comm_s": 0.0002, "comm_exposed_s": 0.0002} for g in (1, 8, 4096)]
-    inputs = {"model": "resnet50", "params": 25.6e6, "precision": "bf16", "batch_size": 256, "gpus_per_node": 8,
+    inputs = {"model": "resnet50", "params": 25.6e6, "precision": "bf16", "grad_precision": "fp32", "batch_size": 256, "gpus_per_node": 8,
               "intra_network": {"name": "nvlink4"}, "inter_network": {"name": "ib-ndr"},
               "single_throughput_source": "given"}
     lines = _printed(lambda console: _print_rows(console, rows, inputs))

@@ -20,7 +20,7 @@ class ForecastRequest:
 
     gpus: list[int]
     batch_size: int  # per GPU
-    precision: str  # fp32 | bf16 | fp16: the gradients' element size
+    precision: str  # fp32 | bf16 | fp16: the compute precision (the datasheet peak with ``device``)
     gpus_per_node: int
     nics_per_node: int
     network: str  # inter-node preset
@@ -38,6 +38,9 @@ class ForecastRequest:
     jitter: float | None = None
     calibrate_comm: str | None = None  # a `bench comm` result
     calibrate_scaling: str | None = None  # a `bench scaling` result
+    grad_precision: str = "fp32"  # the parameters' (so the gradients') precision: fp32 also under AMP
+    grad_accum: int = 1  # micro-steps per all-reduce
+    input_rate: float | None = None  # samples/s one node's data loaders deliver
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,8 @@ def run_forecast(request: ForecastRequest, say: Callable[[str], None]) -> Foreca
     single, speed_source = _single_gpu_speed(request, train_flops, scaling, say)
     intra, inter = _links(request, say)
     knobs = _knobs(request)
-    grad_bytes = GRAD_BYTES[request.precision]
+    grad_bytes = GRAD_BYTES[request.grad_precision]
+    knobs.update(grad_accum=request.grad_accum, input_rate=request.input_rate)
 
     if scaling and request.overhead_ms is None:
         largest = max(scaling, key=lambda r: r["workers"])
@@ -80,6 +84,7 @@ def run_forecast(request: ForecastRequest, say: Callable[[str], None]) -> Foreca
     used = {
         "model": request.model, "params": params, "flops_per_sample": train_flops,
         "batch_size": request.batch_size, "precision": request.precision,
+        "grad_precision": request.grad_precision, "grad_accum": request.grad_accum, "input_rate": request.input_rate,
         "single_throughput": single, "single_throughput_source": speed_source,
         "gpus_per_node": request.gpus_per_node, "nics_per_node": request.nics_per_node,
         "intra_network": vars(intra), "inter_network": vars(inter),
