@@ -26,10 +26,12 @@ def _images(batch: int = 32):
 def _fake_timer(monkeypatch, times: dict[tuple[str, bool], float]) -> list:
     """Replace the timer with fixed ms per (precision, channels_last); returns its call log."""
     calls = []
+    probe = []
 
-    def fake(model, x, y, precision, channels_last, warmup_limit_s=float("inf")):
+    def fake(model, x, y, precision, channels_last, warmup_limit_s=float("inf"), timed_steps=3):
+        probe.append(probe[0] if probe else len(x))  # the baseline is timed on the whole probe
         calls.append((precision, channels_last, tuple(x.shape)))
-        return times[(precision, channels_last)]
+        return times[(precision, channels_last)] * len(x) / probe[0]  # a step's time, linear in the samples
 
     monkeypatch.setattr(autotune, "median_step_ms", fake)
     return calls
@@ -97,7 +99,7 @@ def test_decision_rule(monkeypatch, times, expected):
     calls = _fake_timer(monkeypatch, times)
     choice = _choose()
     assert (choice.precision, choice.channels_last) == expected
-    assert sorted((p, cl) for p, cl, _ in calls) == sorted(times)
+    assert sorted({(p, cl) for p, cl, _ in calls}) == sorted(times)
     assert choice.step_ms == {
         "fp32": times[FP32], "fp32+channels_last": times[FP32_CL], "bf16": times[BF16], "bf16+channels_last": times[BF16_CL]
     }
@@ -308,7 +310,7 @@ def test_a_stopped_process_holding_the_cache_lock_does_not_stop_this_one(monkeyp
         assert all(ms > 0 for ms in choice.step_ms.values())
         assert not path.exists()
     assert elapsed < 0.5 + 30  # the wait, then a real measurement of a tiny model
-    (line,) = [l for l in capfd.readouterr().err.splitlines() if l.startswith("dlscale:")]
+    (line,) = [l for l in capfd.readouterr().err.splitlines() if l.startswith("dlscale:") and "lock" in l]
     assert str(path) in line and f"process {holder.pid}" in line and line.endswith("measuring without it")
     assert _choose().cached is False and _choose().cached is True  # free again: cached as before
 
@@ -330,3 +332,25 @@ def test_a_variant_whose_warm_up_is_several_times_the_best_is_not_timed_further(
     assert limits[("bf16", False)] == pytest.approx(autotune.HOPELESS_WARMUP * 8.0 / 1e3)
     # bf16's warm-up (90 ms) was over 3 x 8 ms: its channels_last layout is not tried at all
     assert ("bf16", True) not in limits and set(choice.step_ms) == {"fp32", "fp32+channels_last", "bf16"}
+
+
+def test_slow_steps_scout_a_later_variant_on_a_few_samples_first(monkeypatch, capfd):
+    """When the baseline's steps are slow (a limit over SCOUT_ABOVE_S), a later variant is first
+    timed on SCOUT_SAMPLES samples and scaled up; over the limit, it is hopeless at that cost."""
+    calls = []
+    per_sample = {("fp32", False): 10.0, ("fp32", True): 9.0, ("bf16", False): 200.0, ("bf16", True): 150.0}
+
+    def fake(model, x, y, precision, channels_last, warmup_limit_s=float("inf"), timed_steps=3):
+        calls.append((precision, channels_last, len(x)))
+        return per_sample[(precision, channels_last)] * len(x)  # ms, linear in the samples
+
+    monkeypatch.setattr(autotune, "median_step_ms", fake)
+    choice = _choose(x=torch.randn(64, 1, 8, 8), y=torch.randint(0, 10, (64,)))
+    # fp32: 640 ms a step, a limit of 1.92 s: the others are scouted on 8 samples first
+    assert calls[0] == ("fp32", False, 64)
+    assert ("fp32", True, 8) in calls and ("fp32", True, 64) in calls  # 576 ms: not hopeless, timed in full
+    assert ("bf16", False, 8) in calls and ("bf16", False, 64) not in calls  # 12.8 s: hopeless from 8 samples
+    assert all(p != "bf16" or cl is False for p, cl, _ in calls)  # nor is bf16's other layout tried
+    assert (choice.precision, choice.channels_last) == ("fp32", True)
+    assert choice.step_ms["bf16"] == pytest.approx(200.0 * 64)
+    assert "timing fp32, fp32+channels_last, bf16, bf16+channels_last training steps" in capfd.readouterr().err

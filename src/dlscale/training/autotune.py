@@ -16,6 +16,7 @@ import copy
 import json
 import math
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ PROBE_SAMPLES = 64  # samples of the run's batch timed per step (small batches m
 TIMED_STEPS = 3  # after one warm-up step, per variant
 FIRST_STEP_LIMIT_S = 5.0  # a first step slower than this: measuring the rest would cost too long
 HOPELESS_WARMUP = 3.0  # a later variant's warm-up step over this many times the best median: not timed further
+SCOUT_SAMPLES = 8  # when steps are slow, a later variant is first timed on this many samples
+SCOUT_ABOVE_S = 1.0  # ... when its time limit is above this (per-step overhead is then negligible)
 BF16_MARGIN = 0.10  # bf16 must be at least this much faster than the best fp32 variant
 CHANNELS_LAST_MARGIN = 0.03  # channels_last must beat NCHW of its precision by this (noise)
 
@@ -54,6 +57,7 @@ def median_step_ms(
     precision: str,
     channels_last: bool,
     warmup_limit_s: float = math.inf,
+    timed_steps: int = TIMED_STEPS,
 ) -> float:
     """Median ms of a training step (no optimizer) on a copy of ``model``, after a warm-up
     step; only the warm-up's ms when that one took longer than ``warmup_limit_s``."""
@@ -74,7 +78,7 @@ def median_step_ms(
     warmup = step()
     if warmup > warmup_limit_s:
         return warmup * 1e3
-    return statistics.median(step() for _ in range(TIMED_STEPS)) * 1e3
+    return statistics.median(step() for _ in range(timed_steps)) * 1e3
 
 
 def _decide(ms: dict[tuple[str, bool], float]) -> tuple[str, bool]:
@@ -170,6 +174,8 @@ def choose_cpu_settings(
         if found is not None:
             return found
         ms: dict[tuple[str, bool], float] = {}
+        print("dlscale: timing " + ", ".join(_label(p, cl) for p, cl in variants) + " training steps to pick this "
+              "CPU's fastest settings (once per machine and model)", file=sys.stderr, flush=True)
         with torch.random.fork_rng(devices=[]):  # dropout draws must not shift the run's RNG
             hopeless: set[str] = set()
             for i, (p, cl) in enumerate(variants):
@@ -179,6 +185,15 @@ def choose_cpu_settings(
                 # the faster one: its timed steps are skipped, and so is its precision's other
                 # layout (bf16 on a CPU without bf16 units: 16-25x fp32's step here)
                 limit = FIRST_STEP_LIMIT_S if i == 0 else HOPELESS_WARMUP * min(ms.values()) / 1e3
+                if i > 0 and limit > SCOUT_ABOVE_S and n > SCOUT_SAMPLES:
+                    # slow steps: a step on a few samples first, scaled up, so that a hopeless
+                    # variant (bf16 without bf16 units: tens of seconds a step) costs seconds
+                    k = SCOUT_SAMPLES
+                    scouted = median_step_ms(model, x[:k], y[:k], p, cl, timed_steps=1) * n / k
+                    if scouted > limit * 1e3:
+                        ms[(p, cl)] = scouted
+                        hopeless.add(p)
+                        continue
                 ms[(p, cl)] = median_step_ms(model, x, y, p, cl, warmup_limit_s=limit)
                 if i == 0 and ms[(p, cl)] > FIRST_STEP_LIMIT_S * 1e3:
                     break  # too slow to try every variant: keep the baseline
