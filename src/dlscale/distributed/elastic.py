@@ -14,6 +14,7 @@ instead of launching again. However the workers fail, ``launch`` says it one way
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import uuid
@@ -141,18 +142,46 @@ class LauncherSignalled(Exception):
 STOPPED = "dlscale: stopped by "  # how a worker that saved and stopped on a signal says so
 
 
+_RANK_PREFIX = re.compile(r"^\[rank ?\d+\]:? ?")  # torchrun's "[rank 0] " (or "[rank0]:") before a worker's line
+_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Failure)|[A-Z][\w.]*Error\w*)(?::\s*(.*))?$")
+
+
+def raised_exception(lines: list[str]) -> str | None:
+    """``Type: message`` of the exception the last Python traceback in ``lines`` ended with
+    (the one raised innermost, at the bottom of the traceback), its message's first line."""
+    found, in_traceback = None, False
+    for raw in lines:
+        line = _RANK_PREFIX.sub("", raw)
+        if line.startswith("Traceback (most recent call last):"):
+            in_traceback = True
+        elif in_traceback and line and not line[0].isspace():
+            match = _EXCEPTION.match(line)
+            if match:
+                kind, message = match.group(1).rsplit(".", 1)[-1], (match.group(2) or "").strip()
+                found = f"{kind}: {message}" if message else kind
+                in_traceback = False
+    if found and len(found) > 400:
+        found = found[:400] + " ..."
+    return found
+
+
 def failure_line(log_dir: Path) -> str | None:
-    """The last ``error: ...`` (or ``dlscale: stopped by ...``) line any worker wrote, to
-    repeat on the launcher's console."""
-    lines = []
+    """What to repeat on the launcher's console about why workers ended: the last ``error: ...``
+    (or ``dlscale: stopped by ...``) line any worker wrote, else the exception a worker's
+    traceback ended with (``error: Type: message``), so a reason never lives only in a log."""
+    lines, raised = [], []
     for log in sorted(Path(log_dir).rglob("stderr.log")):
         try:
             text = log.read_text(errors="replace").splitlines()
         except OSError:
             continue
+        text = [_RANK_PREFIX.sub("", l) for l in text]
         lines += [l for l in text if l.startswith("error: ") or l.startswith(STOPPED)]
+        exception = raised_exception(text)
+        if exception:
+            raised.append(f"error: {exception} (see {log})")
     stopped = [l for l in lines if l.startswith(STOPPED)]
-    return (stopped or lines or [None])[-1]
+    return (stopped or lines or raised or [None])[-1]
 
 
 def launch(worker_args: list[str], plan: LaunchPlan, log_dir: Path, env: dict[str, str] | None = None) -> None:

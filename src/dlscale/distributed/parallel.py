@@ -36,6 +36,10 @@ def wrap(model: nn.Module, strategy: str, device: torch.device, precision: str) 
     if strategy == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        for param in model.parameters():  # FSDP2 shards contiguous tensors only (a transposed view, say)
+            if not param.is_contiguous():
+                param.data = param.data.contiguous()
+
         policy = MixedPrecisionPolicy()
         if precision in ("bf16", "fp16"):
             policy = MixedPrecisionPolicy(param_dtype=DTYPES[precision], reduce_dtype=torch.float32)

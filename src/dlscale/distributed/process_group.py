@@ -150,19 +150,27 @@ DistError = getattr(dist, "DistError", RuntimeError)
 
 
 def on_main(work):
-    """Run ``work()`` on rank 0 and hand its result to every rank; a UserError it raises is
-    raised on every rank too (instead of leaving the others waiting in a collective)."""
+    """Run ``work()`` on rank 0 and hand its result to every rank; an exception it raises is
+    raised on every rank too (instead of leaving the others waiting in a collective): a
+    UserError as it is, any other as a RuntimeError naming it."""
     if not active():
         return work()
     outcome: tuple[str, Any] = ("ok", None)
+    failure: BaseException | None = None
     if is_main():
         try:
             outcome = ("ok", work())
         except UserError as exc:
             outcome = ("error", str(exc))
+        except Exception as exc:  # noqa: BLE001 - said to every rank, then raised here as it was
+            outcome, failure = ("failed", f"{type(exc).__name__}: {exc}"), exc
     kind, value = broadcast(outcome)
+    if failure is not None:
+        raise failure
     if kind == "error":
         raise UserError(value)
+    if kind == "failed":
+        raise RuntimeError(f"rank 0 failed: {value}")
     return value
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from dlscale.distributed.elastic import LaunchPlan, launch, rendezvous_id
 from dlscale.errors import UserError
+from dlscale.hardware.device import resolve_device
 from dlscale.models import model_info
 from dlscale.progress import TrainProgress
 from dlscale.runs import directory as runs
@@ -21,6 +22,7 @@ from dlscale.runs import results
 from dlscale.runs.claim import CLAIM_ENV, abandon_claimed, release_all
 from dlscale.runs.files import write_toml
 from dlscale.training import config as config_mod
+from dlscale.training import settings as settings_mod
 from dlscale.training.config import TrainConfig
 from dlscale.training.resume import locate_run
 from dlscale.training.signals import LAUNCHER_PID_ENV
@@ -62,6 +64,8 @@ def _launch_workers(config: TrainConfig, run_dir: Path, progress: TrainProgress)
             f"pick a multiple of {world}"
         )
     model_info(config.model)  # an unknown name fails here, before any worker starts
+    settings_mod.refuse_incompatible(settings_mod.Combination(  # so do settings that cannot run together
+        config.strategy, world, resolve_device(config.device).type, config.precision, config.channels_last, config.compile))
     if not runs.holds_run(run_dir):
         runs.create_run_dir(run_dir)
         write_toml(run_dir / "config.toml", config_mod.to_toml_dict(config))

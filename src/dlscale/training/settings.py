@@ -8,13 +8,15 @@
 - precision and channels_last on a GPU: bf16 where it has it, channels_last for conv nets;
 - on a CPU, where no rule is right, whichever measures fastest (``autotune``), once per
   machine and cached;
-- a value the user gave is kept, and checked against the device.
+- a value the user gave is kept, and checked against the device;
+- the settings that cannot run together are one table (``COMBINATIONS``): a forced pair is
+  refused before any worker starts (``refuse_incompatible``), and "auto" never picks one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -23,6 +25,54 @@ from dlscale.distributed import process_group as dist
 from dlscale.errors import UserError
 from dlscale.models import ModelInfo
 from dlscale.training import autotune
+
+@dataclass(frozen=True)
+class Combination:
+    """What decides whether settings can run together: known before any worker starts."""
+
+    strategy: str  # ddp | fsdp
+    world: int  # workers in all
+    device_type: str  # cpu | cuda | mps
+    precision: str  # auto | fp32 | bf16 | fp16
+    channels_last: bool | None  # None: auto
+    compile: bool | None  # None: auto
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Settings that cannot run together: when ``applies``, a forced combination is refused
+    with ``reason`` (formatted with the combination's fields)."""
+
+    applies: Callable[[Combination], bool]
+    reason: str
+
+
+COMBINATIONS = (
+    Rule(lambda c: c.strategy == "fsdp" and c.world > 1 and c.channels_last is True,
+         "--channels-last with --strategy fsdp on {world} workers: FSDP2 shards only contiguous parameters, and "
+         "channels_last reorders every conv weight in memory; leave --channels-last out (under FSDP auto keeps "
+         "NCHW) or train with --strategy ddp"),
+    Rule(lambda c: c.precision == "fp16" and c.device_type != "cuda",
+         "--precision fp16 needs a GPU ({device_type} emulates it slowly and has no loss scaling); use bf16 or fp32"),
+    Rule(lambda c: c.device_type == "mps" and c.world > 1,
+         "--device mps with {world} workers: torch.distributed has no MPS backend; use --device cpu"),
+)
+
+
+def refuse_incompatible(combination: Combination) -> None:
+    """Raise UserError with the first rule of ``COMBINATIONS`` the forced settings break."""
+    for rule in COMBINATIONS:
+        if rule.applies(combination):
+            raise UserError(rule.reason.format(**vars(combination)))
+
+
+def auto_channels_last(strategy: str, world: int, requested: bool | None) -> bool | None:
+    """What "auto" may still choose for the memory format: NCHW under sharding (FSDP2 needs
+    contiguous parameters), else left open (None) for the device's rule or the CPU probe."""
+    if requested is None and strategy == "fsdp" and world > 1:
+        return False
+    return requested
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -76,6 +126,8 @@ def resolve(
     compile: bool | None = None,
     channels_last: bool | None = None,
     conv: bool | None = None,
+    strategy: str = "ddp",
+    world: int = 1,
 ) -> Settings:
     """Concrete settings for training ``model`` on ``device``.
 
@@ -83,6 +135,8 @@ def resolve(
     precision or the memory format is left open; rank 0 measures (or reads the cache
     under ``key``) and tells the other ranks, so every worker runs the same step.
     """
+    refuse_incompatible(Combination(strategy, world, device.type, precision, channels_last, compile))
+    channels_last = auto_channels_last(strategy, world, channels_last)
     if precision != "auto":
         check_precision(precision, device)
     compiled = device.type == "cuda" if compile is None else compile

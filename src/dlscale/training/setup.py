@@ -39,7 +39,7 @@ from dlscale.training.evaluate import metric_names
 from dlscale.training.model_files import init_weights, model_spec, write_spec
 from dlscale.training.resume import locate_run
 from dlscale.training.state import seed_everything
-from dlscale.training.step import Stepper, build_stepper
+from dlscale.training.step import Stepper, build_stepper, check_trainable
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ def setup(
         torch.manual_seed(config.seed)
         model = build_model(config.model, splits.input_shape, splits.num_classes)
     model_name = config.model if info is not None else type(model).__name__
+    check_trainable(model)  # said now, before the probe or a collective would trip over it
     if config.init_from and resume_from is None:  # fine-tune: start from trained weights
         init_weights(config.init_from, model, splits)
 
@@ -122,7 +123,7 @@ def setup(
         device, model, first_samples(splits.train, min(config.batch_size // world, autotune.PROBE_SAMPLES)),
         key=settings_mod.probe_key(model_name, splits.input_shape, splits.num_classes),
         precision=config.precision, compile=config.compile, channels_last=config.channels_last,
-        conv=info.conv if info is not None else None,
+        conv=info.conv if info is not None else None, strategy=config.strategy, world=world,
     )
     precision, compiled, channels_last, tuned = chosen.precision, chosen.compile, chosen.channels_last, chosen.tuned
     memory.check_batch_fits(  # a batch that cannot fit is refused now, not killed by the OOM killer later

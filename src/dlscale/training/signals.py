@@ -29,6 +29,9 @@ from dlscale.distributed import process_group as dist
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 LAUNCHER_PID_ENV = "DLSCALE_LAUNCHER_PID"  # set by `dlscale train --nproc N` for its workers
+# A preemption drill: rank 0 sends itself SIGTERM after this step, as a scheduler's time limit
+# would, so the real stop, checkpoint and resume can be rehearsed (and tested) at a known step.
+DRILL_ENV = "DLSCALE_DRILL_SIGTERM_AT_STEP"
 
 
 class StopRequests:
@@ -69,6 +72,12 @@ class StopRequests:
             os._exit(128 + signum)
         if self.signum is None:
             self.signum = signum
+
+    def drill(self, step: int) -> None:
+        """SIGTERM to this process after ``step`` when DRILL_ENV names it (rank 0 only)."""
+        wanted = os.environ.get(DRILL_ENV, "")
+        if wanted.isdigit() and int(wanted) == step and dist.is_main():
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def agreed(self) -> int | None:
         """The signal on which every worker stops after this step, or None to go on."""

@@ -15,6 +15,7 @@ import torch
 
 from dlscale.distributed import process_group as dist
 from dlscale.distributed import parallel
+from dlscale.errors import UserError
 from dlscale.data.preprocess import pixels_to_input
 from dlscale.training.config import TrainConfig
 from dlscale.hardware.device import autocast
@@ -103,6 +104,7 @@ def build_stepper(
 ) -> Stepper:
     """Place the model (channels_last, compile) and build its optimizer, schedule and scaler.
     ``config`` is resolved: precision, compile, channels_last and lr are concrete values."""
+    check_trainable(model)
     raw_model = model.to(device)
     if config.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
@@ -125,6 +127,13 @@ def build_stepper(
         loss=loss,
         pixels=pixels,
     )
+
+
+def check_trainable(model: torch.nn.Module) -> None:
+    """UserError for a model with nothing to train: no parameters, or all frozen."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError(f"{type(model).__name__} has no parameters to train (none, or all with requires_grad=False); "
+                        "give a model with at least one trainable parameter")
 
 
 def effective_lr(config: TrainConfig) -> float:

@@ -115,6 +115,7 @@ class Trainer:
                     if save_now:
                         self.checkpointer.save(state)
                         state.timer.restart(state.step, state.samples)
+                    requests.drill(state.step)  # DLSCALE_DRILL_SIGTERM_AT_STEP: a rehearsed preemption
                     stop = requests.agreed()  # a signal: finish this step, save, stop (all workers at one step)
                     if state.step == job.total_steps or stop is not None or self.callbacks.should_stop:
                         break
