@@ -70,8 +70,9 @@ def test_a_worker_that_cannot_import_says_why_on_the_launchers_line(tmp_path):
     done = _dlscale([*CNN_2, "--run-dir", "run"], tmp_path, env={"PYTHONPATH": pythonpath})
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: worker rank 0 failed (exit code 1): ImportError: "
-                           "dlscale.training.worker is broken on this node (see "), last
+    # the rank whose failure the agent saw first is named; the other may show the agent's SIGTERM
+    assert last.startswith("error: worker rank 0 failed (exit code "), last
+    assert "): ImportError: dlscale.training.worker is broken on this node (see " in last, last
     assert "stderr.log)" in last
 
 
