@@ -112,7 +112,9 @@ def fit(
         raise UserError("callbacks run in this process, but nproc > 1 trains in worker processes; use nproc=1 "
                         "(or run your script under torchrun), or drop callbacks")
     progress = TrainProgress(make_console(), enabled=verbose)
-    result = train(config, options, model=module, data=splits, progress=progress, callbacks=callbacks)
+    # under a user's torchrun the process group outlives this call, so the script can fit again
+    result = train(config, options, model=module, data=splits, progress=progress, callbacks=callbacks,
+                   keep_process_group=True)
     return FitResult(summary=result.summary, run_dir=result.run_dir, model=result.model)
 
 

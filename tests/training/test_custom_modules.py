@@ -42,45 +42,52 @@ SCRIPT = textwrap.dedent('''
         def forward(self, x):
             return self.head(torch.relu(self.body(x)))
 
-    case, strategy, run_dir = sys.argv[1:4]
-    torch.manual_seed(0)
-    model = {"noncontiguous": NonContiguous, "frozen": Frozen}[case]()
-    frozen_before = model.body.weight.detach().clone() if case == "frozen" else None
+    out = sys.argv[1]
     x, y = torch.randn(256, 16), torch.randint(0, 4, (256,))
-    result = dlscale.fit(model, (x, y), strategy=strategy, max_steps=4, batch_size=32, run_dir=run_dir, verbose=False)
-    report = {"loss": result.summary["final_loss"], "world": torch.distributed.get_world_size()
-              if torch.distributed.is_initialized() else result.summary.get("world_size")}
-    if frozen_before is not None:
-        from safetensors.torch import load_file  # the trained weights as the run saved them, whole
+    # one script, one torchrun job, several fit() calls in a row: the process group is reused
+    for case, strategy in [("noncontiguous", "fsdp"), ("frozen", "ddp"), ("frozen", "fsdp")]:
+        torch.manual_seed(0)
+        model = {"noncontiguous": NonContiguous, "frozen": Frozen}[case]()
+        frozen_before = model.body.weight.detach().clone() if case == "frozen" else None
+        run_dir = f"{out}/{case}-{strategy}"
+        result = dlscale.fit(model, (x, y), strategy=strategy, max_steps=4, batch_size=32, run_dir=run_dir,
+                             verbose=False)
+        report = {"case": f"{case}-{strategy}", "loss": result.summary["final_loss"],
+                  "world": result.summary["world_size"]}
+        if frozen_before is not None:
+            from safetensors.torch import load_file  # the trained weights as the run saved them, whole
 
-        saved = load_file(f"{run_dir}/model.safetensors")
-        report["frozen_unchanged"] = bool(torch.equal(frozen_before, saved["body.weight"]))
-    print("RESULT " + json.dumps(report), flush=True)
+            saved = load_file(f"{run_dir}/model.safetensors")
+            report["frozen_unchanged"] = bool(torch.equal(frozen_before, saved["body.weight"]))
+        rank = torch.distributed.get_rank()
+        with open(f"{out}/report-{case}-{strategy}-rank{rank}.json", "w") as file:  # one file each: no interleaving
+            json.dump(report, file)
 ''')
 
 
-def _torchrun(tmp_path, case: str, strategy: str) -> list[dict]:
+@pytest.mark.slow
+def test_own_modules_train_on_two_workers_one_fit_after_another(tmp_path):
+    """Non-contiguous parameters under FSDP, a frozen layer under DDP and FSDP: each trains on
+    two workers, the frozen layer stays as it was, and the script's fit() calls follow each
+    other in one torchrun job."""
     script = tmp_path / "user_script.py"
     script.write_text(SCRIPT)
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         case, strategy, str(tmp_path / "run")],
+         str(tmp_path / "runs")],
         cwd=tmp_path, capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return [json.loads(line.split("RESULT ", 1)[1]) for line in done.stdout.splitlines() if "RESULT " in line]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case, strategy", [("noncontiguous", "fsdp"), ("frozen", "ddp"), ("frozen", "fsdp")])
-def test_own_modules_train_on_two_workers(tmp_path, case, strategy):
-    reports = _torchrun(tmp_path, case, strategy)
-    assert len(reports) == 2  # both workers finished
+    reports = [json.loads(path.read_text()) for path in sorted((tmp_path / "runs").glob("report-*.json"))]
+    by_case: dict[str, list[dict]] = {}
     for report in reports:
-        assert torch.isfinite(torch.tensor(report["loss"]))
-        if case == "frozen":
-            assert report["frozen_unchanged"] is True  # requires_grad=False stays untrained under both
-    assert reports[0]["loss"] == pytest.approx(reports[1]["loss"])  # one model, one loss
+        by_case.setdefault(report["case"], []).append(report)
+    assert sorted(by_case) == ["frozen-ddp", "frozen-fsdp", "noncontiguous-fsdp"]
+    for case, both in by_case.items():
+        assert len(both) == 2 and all(r["world"] == 2 for r in both), case  # both workers, together
+        assert torch.isfinite(torch.tensor(both[0]["loss"])) and both[0]["loss"] == pytest.approx(both[1]["loss"])
+        if case.startswith("frozen"):
+            assert all(r["frozen_unchanged"] for r in both), case  # requires_grad=False stays untrained
 
 
 def test_a_module_with_nothing_to_train_is_refused_with_one_line(tmp_path):

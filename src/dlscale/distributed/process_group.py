@@ -69,14 +69,18 @@ def init_alone(device: torch.device, timeout_s: float) -> None:
     )
 
 
-def shutdown() -> None:
+def shutdown(keep: bool = False) -> None:
     """Leave the process group together: a worker tearing Gloo down while a peer still
-    talks to it can abort ("terminate called without an active exception")."""
+    talks to it can abort ("terminate called without an active exception"). With ``keep``
+    the group stays up after the barrier, for the next ``init`` in this process to reuse (a
+    user's script under torchrun calling ``fit`` again: a second group on the same store fails)."""
     if active():
         try:
             dist.barrier()
         except Exception:  # a peer already failed: nothing left to wait for
             pass
+        if keep:
+            return
         global _cpu_group
         _cpu_group = None
         dist.destroy_process_group()

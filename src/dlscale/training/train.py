@@ -38,6 +38,7 @@ def train(
     data: Splits | None = None,
     progress: TrainProgress | None = None,
     callbacks: list[Any] | None = None,
+    keep_process_group: bool = False,
 ) -> TrainResult:
     """Run one training job; ``overrides`` are the values the user set explicitly (they
     beat a resumed run's config.toml). ``model``/``data``/``callbacks`` come from the Python API."""
@@ -53,4 +54,4 @@ def train(
                 "script under torchrun, or give zoo and data names"
             )
         return launch_training(config, overrides, progress)
-    return run_worker(config, overrides, env, model, data, progress, callbacks)
+    return run_worker(config, overrides, env, model, data, progress, callbacks, keep_process_group)

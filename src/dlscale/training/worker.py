@@ -26,6 +26,7 @@ from dlscale.training.trainer import Trainer, TrainResult
 def run_worker(
     config: TrainConfig, overrides: dict[str, Any], env: ClusterEnv,
     model: torch.nn.Module | None, data: Splits | None, progress: TrainProgress, callbacks: list[Any] | None = None,
+    keep_process_group: bool = False,
 ) -> TrainResult:
     die_with_launcher()
     device = resolve_device(config.device, env.local_rank)
@@ -47,4 +48,4 @@ def run_worker(
         raise
     finally:
         release_all()
-        dist.shutdown()
+        dist.shutdown(keep=keep_process_group)
