@@ -13,6 +13,31 @@ import pytest
 from PIL import Image
 
 
+# The test files that take longest (minutes of real multi-process runs; CI's --durations on
+# 2026-12-01), started first: CI runs two files at a time (pytest-xdist, --dist loadfile), and
+# a long file started last leaves the other worker idle. Only the order changes.
+LONG_FILES_FIRST = (
+    "training/test_combinations_two_workers.py", "training/test_combinations.py", "distributed/test_distributed.py",
+    "training/test_train.py", "training/test_signals.py", "distributed/test_slurm.py", "distributed/test_multinode.py",
+    "benchmarks/test_gpu_check.py", "report/test_lab.py", "training/test_custom_modules.py",
+    "benchmarks/test_peers.py", "training/test_memory.py", "runs/test_checkpoint.py", "bench/test_bench_scaling.py",
+    "training/test_image_training.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the files of LONG_FILES_FIRST first, in that order; the rest keep theirs."""
+    tests = Path(__file__).parent
+
+    def rank(item) -> int:
+        try:
+            return LONG_FILES_FIRST.index(Path(item.path).relative_to(tests).as_posix())
+        except ValueError:
+            return len(LONG_FILES_FIRST)
+
+    items.sort(key=rank)  # stable: within a file and among the rest, the order is kept
+
+
 def run_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run `python -m dlscale ...` as a user would; stdout/stderr captured as text."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = [s for s in steps if s.name in wanted]
     budget = args.budget_s if args.budget_s is not None else (600.0 if args.smoke else 450.0)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
-           "PYTHONUNBUFFERED": "1", "DLSCALE_CACHE_DIR": str(out / "cache")}
+           "PYTHONUNBUFFERED": "1", "DLSCALE_CACHE_DIR": os.environ.get("DLSCALE_CACHE_DIR") or str(out / "cache")}
     started = time.monotonic()
     results: dict[str, Any] = {}
     outcomes: list[Outcome] = []
