@@ -61,6 +61,15 @@ def test_a_worker_stopped_by_a_signal_is_stopped_not_an_error(tmp_path, monkeypa
     assert raised.value.exit_code == 143
 
 
+def test_a_stop_exits_with_the_signal_the_workers_named_not_the_agents_kill(tmp_path, monkeypatch):
+    """Rank 1 left first (138 after SIGUSR1), so the agent killed rank 0 on its way out (-15): the
+    failed rank with the lowest number does not say which signal stopped the run."""
+    agent(monkeypatch, {0: -15, 1: 138}, ["dlscale: stopped by SIGUSR1 after step 4 of 5: checkpoint saved"])
+    with pytest.raises(Stopped) as raised:
+        launch(["train"], LaunchPlan(nproc=2), tmp_path)
+    assert raised.value.exit_code == 138
+
+
 def test_a_signalled_launcher_is_stopped_with_the_workers_words_or_its_own(tmp_path, monkeypatch):
     agent(monkeypatch, LauncherSignalled(10), ["dlscale: stopped by SIGUSR1 after step 3 of 9: checkpoint saved"])
     with pytest.raises(Stopped) as raised:

@@ -162,3 +162,16 @@ def test_sigusr1_to_a_launcher_is_passed_on_and_its_workers_save(tmp_path):
     assert proc.returncode == 128 + signal.SIGUSR1, err[-3000:]
     assert err.strip().splitlines()[-1].startswith("dlscale: stopped by SIGUSR1 after step")
     assert len(_saved_steps(tmp_path / "cut")) == 1
+
+
+def test_a_worker_that_saved_and_is_stopping_outlives_the_agents_sigterm():
+    """Workers leave a moment apart; torchrun's agent then sends SIGTERM to those still leaving,
+    which must not turn their clean stop (exit 128 + signal) into a kill."""
+    code = ("import os, signal, time; from dlscale.training.signals import stop_quietly_under_launcher; "
+            "stop_quietly_under_launcher(); os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2); print('left cleanly')")
+    under = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "DLSCALE_LAUNCHER_PID": str(os.getpid())})
+    assert under.returncode == 0 and "left cleanly" in under.stdout, under.stderr
+    alone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env={k: v for k, v in os.environ.items() if k != "DLSCALE_LAUNCHER_PID"})
+    assert alone.returncode == -signal.SIGTERM  # a process of the user's own (dlscale.fit) keeps its handlers

@@ -184,6 +184,13 @@ def failure_line(log_dir: Path) -> str | None:
     return (stopped or lines or raised or [None])[-1]
 
 
+def _named_signal(said: str) -> int:
+    """The signal a ``dlscale: stopped by SIGTERM ...`` line names: the exit code of the rank
+    that failed first may instead be the agent's kill of a worker still leaving."""
+    name = said[len(STOPPED):].split(" ", 1)[0]
+    return int(getattr(signal.Signals, name, signal.SIGTERM))
+
+
 def launch(worker_args: list[str], plan: LaunchPlan, log_dir: Path, env: dict[str, str] | None = None) -> None:
     """Run ``python -m dlscale WORKER_ARGS`` in the plan's workers, with ``env`` added to the
     environment they inherit (and this process's restored after); every way they can fail
@@ -209,7 +216,7 @@ def launch(worker_args: list[str], plan: LaunchPlan, log_dir: Path, env: dict[st
         first = min(failed)
         said = failure_line(log_dir)
         if said and said.startswith(STOPPED):  # a worker got the signal, not this launcher
-            raise Stopped(said[len("dlscale: "):], failed[first] - 128)
+            raise Stopped(said[len("dlscale: "):], _named_signal(said))
         reason = said[len("error: "):] if said else f"see its log under {log_dir}"
         raise UserError(f"worker rank {first} failed (exit code {failed[first]}): {reason}")
 

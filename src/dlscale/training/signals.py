@@ -97,6 +97,15 @@ class StopRequests:
         return decided
 
 
+def stop_quietly_under_launcher() -> None:
+    """A worker of ``dlscale train --nproc N`` that saved and is stopping ignores further stop
+    signals: the workers leave a moment apart, and torchrun's agent sends SIGTERM to those still
+    running when the first one exits, which would turn their clean stop into a kill."""
+    if LAUNCHER_PID_ENV in os.environ and threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+
 def die_with_launcher() -> None:
     """A worker started by ``dlscale train --nproc N`` gets SIGTERM (and so saves and stops)
     when its launcher dies, even by SIGKILL, instead of training on as an orphan."""

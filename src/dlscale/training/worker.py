@@ -19,7 +19,7 @@ from dlscale.progress import TrainProgress
 from dlscale.runs.claim import abandon_claimed, release_all
 from dlscale.training.config import TrainConfig
 from dlscale.training.requeue import decide as requeue_wanted, requeue_after_stop
-from dlscale.training.signals import die_with_launcher
+from dlscale.training.signals import die_with_launcher, stop_quietly_under_launcher
 from dlscale.training.trainer import Trainer, TrainResult
 
 
@@ -34,6 +34,7 @@ def run_worker(
     try:
         return Trainer(config, overrides, env, device, model, data, progress, callbacks).fit()
     except Stopped as stopped:  # saved and stopped on a signal: SLURM's warning asks to requeue
+        stop_quietly_under_launcher()
         if dist.is_main() and requeue_wanted(stopped.signum, config.max_requeues)[1]:
             # said now: a requeue ends this job at once, before the CLI would print it
             print(f"dlscale: {stopped}", file=sys.stderr, flush=True)
