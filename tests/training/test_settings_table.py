@@ -13,10 +13,10 @@ from dlscale.training.settings import Combination, auto_channels_last, refuse_in
 
 
 @pytest.mark.parametrize("combination, message", [
-    (Combination("fsdp", 2, "cpu", "fp32", True, None), "--channels-last with --strategy fsdp on 2 workers"),
-    (Combination("fsdp", 8, "cuda", "bf16", True, True), "--channels-last with --strategy fsdp on 8 workers"),
-    (Combination("ddp", 1, "cpu", "fp16", None, None), "--precision fp16 needs a GPU (cpu"),
-    (Combination("ddp", 2, "mps", "auto", None, None), "--device mps with 2 workers"),
+    (Combination("fsdp", 2, "cpu", "fp32", True), "--channels-last with --strategy fsdp on 2 workers"),
+    (Combination("fsdp", 8, "cuda", "bf16", True), "--channels-last with --strategy fsdp on 8 workers"),
+    (Combination("ddp", 1, "cpu", "fp16", None), "--precision fp16 needs a GPU (cpu"),
+    (Combination("ddp", 2, "mps", "auto", None), "--device mps with 2 workers"),
 ])
 def test_a_forced_combination_that_cannot_run_is_refused_saying_why(combination, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
@@ -24,11 +24,11 @@ def test_a_forced_combination_that_cannot_run_is_refused_saying_why(combination,
 
 
 @pytest.mark.parametrize("combination", [
-    Combination("fsdp", 1, "cpu", "fp32", True, None),  # one worker: nothing is sharded
-    Combination("fsdp", 2, "cpu", "bf16", False, True),
-    Combination("fsdp", 2, "cpu", "auto", None, None),
-    Combination("ddp", 2, "cpu", "bf16", True, True),
-    Combination("ddp", 1, "cuda", "fp16", True, True),
+    Combination("fsdp", 1, "cpu", "fp32", True),  # one worker: nothing is sharded
+    Combination("fsdp", 2, "cpu", "bf16", False),
+    Combination("fsdp", 2, "cpu", "auto", None),
+    Combination("ddp", 2, "cpu", "bf16", True),
+    Combination("ddp", 1, "cuda", "fp16", True),
 ])
 def test_combinations_that_run_pass(combination):
     refuse_incompatible(combination)

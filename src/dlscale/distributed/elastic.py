@@ -175,9 +175,9 @@ def failure_line(log_dir: Path) -> str | None:
             text = log.read_text(errors="replace").splitlines()
         except OSError:
             continue
-        text = [_RANK_PREFIX.sub("", l) for l in text]
-        lines += [l for l in text if l.startswith("error: ") or l.startswith(STOPPED)]
-        exception = raised_exception(text)
+        said = [_RANK_PREFIX.sub("", l) for l in text]
+        lines += [l for l in said if l.startswith("error: ") or l.startswith(STOPPED)]
+        exception = raised_exception(text)  # which strips the rank prefixes itself
         if exception:
             raised.append(f"error: {exception} (see {log})")
     stopped = [l for l in lines if l.startswith(STOPPED)]

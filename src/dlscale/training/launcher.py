@@ -65,7 +65,7 @@ def _launch_workers(config: TrainConfig, run_dir: Path, progress: TrainProgress)
         )
     model_info(config.model)  # an unknown name fails here, before any worker starts
     settings_mod.refuse_incompatible(settings_mod.Combination(  # so do settings that cannot run together
-        config.strategy, world, resolve_device(config.device).type, config.precision, config.channels_last, config.compile))
+        config.strategy, world, resolve_device(config.device).type, config.precision, config.channels_last))
     if not runs.holds_run(run_dir):
         runs.create_run_dir(run_dir)
         write_toml(run_dir / "config.toml", config_mod.to_toml_dict(config))

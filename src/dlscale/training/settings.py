@@ -35,7 +35,6 @@ class Combination:
     device_type: str  # cpu | cuda | mps
     precision: str  # auto | fp32 | bf16 | fp16
     channels_last: bool | None  # None: auto
-    compile: bool | None  # None: auto
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ def resolve(
     precision or the memory format is left open; rank 0 measures (or reads the cache
     under ``key``) and tells the other ranks, so every worker runs the same step.
     """
-    refuse_incompatible(Combination(strategy, world, device.type, precision, channels_last, compile))
+    refuse_incompatible(Combination(strategy, world, device.type, precision, channels_last))
     channels_last = auto_channels_last(strategy, world, channels_last)
     if precision != "auto":
         check_precision(precision, device)

@@ -44,6 +44,8 @@ class StopRequests:
         self._group: Any = None
         self._pending: Any = None  # the all-reduce started after the previous step
         self._flag: torch.Tensor | None = None
+        wanted = os.environ.get(DRILL_ENV, "")
+        self._drill_step = int(wanted) if wanted.isdigit() else None  # read once, not every step
 
     def __enter__(self) -> "StopRequests":
         if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
@@ -75,8 +77,7 @@ class StopRequests:
 
     def drill(self, step: int) -> None:
         """SIGTERM to this process after ``step`` when DRILL_ENV names it (rank 0 only)."""
-        wanted = os.environ.get(DRILL_ENV, "")
-        if wanted.isdigit() and int(wanted) == step and dist.is_main():
+        if step == self._drill_step and dist.is_main():
             os.kill(os.getpid(), signal.SIGTERM)
 
     def agreed(self) -> int | None:
