@@ -64,6 +64,18 @@ def test_verdict_names_the_load_the_spread_and_the_steal():
     assert verdict(None, interference(0.4, 0.4), cores=1)[0]
 
 
+def test_an_mfu_above_100_percent_makes_the_figures_unreliable_saying_why():
+    """bf16 on a CPU without bf16 units: the measured bf16 GEMM peak (1.2 GFLOP/s here) is below
+    what oneDNN's bf16 convolutions reach, and a summary said "MFU 470.84%" without a word."""
+    assert reliability.above_peak([0.4, None, 1.0]) is None
+    fields = reliability.fields(interference(0.0, 0.0), [], also=[reliability.above_peak([None, 4.7084, 0.5])])
+    assert fields["reliable"] is False
+    assert fields["unreliable_reason"].startswith("MFU of 471% is above 100%: the peak it divides by is below")
+    loaded = reliability.fields(interference(4.1, 0.0), [], also=[reliability.above_peak([2.0])])
+    assert loaded["unreliable_reason"].startswith("load average 4.1 before") and "; MFU of 200%" in loaded["unreliable_reason"]
+    assert reliability.fields(interference(0.0, 0.0), [], also=[None])["reliable"] is True
+
+
 def test_proc_stat_is_read_on_this_machine(tmp_path):
     steal, total = reliability.cpu_times()
     assert 0 <= steal < total

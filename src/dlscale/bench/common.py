@@ -34,7 +34,8 @@ def result_object(
     flat = dict(rows[0]) if rows else {}
     if interference is not None:
         cvs = [{"cv": row.get(f"{spread}_cv")} for row in rows] if spread else []
-        extra = {**reliability.fields(interference.after(), cvs), **extra}
+        over = reliability.above_peak(row.get(k) for row in rows for k in ("mfu", "mfu_measured_peak"))
+        extra = {**reliability.fields(interference.after(), cvs, also=[over]), **extra}
     return results.stamp(kind, {**flat, **extra, "provenance": provenance(), "results": rows})
 
 

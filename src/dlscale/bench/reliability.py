@@ -145,12 +145,27 @@ def verdict(stats: dict[str, Any] | None, interference: Interference, cores: int
     return not reasons, "; ".join(reasons) or None
 
 
-def fields(interference: Interference, spreads: Iterable[dict[str, Any] | None] = ()) -> dict[str, Any]:
+def above_peak(utilisations: Iterable[float | None]) -> str | None:
+    """The reason an MFU above 100% gives: the peak it was taken against bounds nothing here
+    (a CPU without bf16 units emulates a bf16 GEMM slower than oneDNN runs bf16 convolutions)."""
+    over = max((u for u in utilisations if u is not None), default=None)
+    if over is None or over <= 1.0:
+        return None
+    return (f"MFU of {100 * over:.0f}% is above 100%: the peak it divides by is below what the run achieved, "
+            "so it bounds nothing here")
+
+
+def fields(interference: Interference, spreads: Iterable[dict[str, Any] | None] = (),
+           also: Iterable[str | None] = ()) -> dict[str, Any]:
     """The top-level keys a result or summary carries: the verdict over its most scattered
-    row (``spreads``: each row's spread_stats, or just its ``cv``), and the interference."""
+    row (``spreads``: each row's spread_stats, or just its ``cv``), and the interference;
+    ``also``: further reasons to distrust the figures (None where there is none)."""
     known = [s for s in spreads if s and s.get("cv") is not None]
     worst = max(known, key=lambda s: s["cv"], default=None)
     reliable, reason = verdict(worst, interference, usable_cores() or 1)
+    more = [r for r in also if r]
+    if more:
+        reliable, reason = False, "; ".join([*([reason] if reason else []), *more])
     return {
         "reliable": reliable,
         "unreliable_reason": reason,

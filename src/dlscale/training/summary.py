@@ -119,7 +119,7 @@ def summarize(
     usage = utilisation(flops_per_sample, samples_per_second, device, job.stepper.precision, devices, peak=job.peak)
     tokens = job.tokens_per_sample if job.splits.kind == "tokens" else None
     spread = reliability.spread_stats(timer.timed_rates)
-    trust = reliability.fields(interference.after(), [spread])
+    trust = reliability.fields(interference.after(), [spread], also=[reliability.above_peak([usage["mfu"]])])
     return RunSummary(
         model=job.model_name,
         data=job.splits.name,
