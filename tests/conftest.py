@@ -12,6 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# CI runs two test files at once on two cores, most of them training in subprocesses. One
+# intra-op thread per process (as torchrun gives its workers) keeps them from spinning on
+# threads the other file holds: two concurrent cnn trainings took 19.6 s wall and 28.8 s of
+# CPU with two threads each, 11.6 s and 17.4 s with one. Set before torch is imported here or
+# in any subprocess; a developer's own OMP_NUM_THREADS is kept. Tests that need more threads
+# set it themselves (test_memory).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 # The test files that take longest (minutes of real multi-process runs; CI's --durations on
 # 2026-12-01), started first: CI runs two files at a time (pytest-xdist, --dist loadfile), and
