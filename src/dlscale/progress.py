@@ -28,6 +28,11 @@ LINE_EVERY_S = 10.0  # off a terminal: the most a long run or setting stays sile
 
 
 @functools.cache
+def say(console: Any, text: str) -> None:
+    """A plain line: no markup (paths and error messages hold brackets), no wrapping."""
+    console.print(text, markup=False, soft_wrap=True)
+
+
 def make_console() -> Console:
     """The process's one stderr console: a bar started inside another (a lab experiment's
     training under the lab's bar) then nests in one live display instead of fighting it."""

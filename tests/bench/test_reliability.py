@@ -76,6 +76,15 @@ def test_an_mfu_above_100_percent_makes_the_figures_unreliable_saying_why():
     assert reliability.fields(interference(0.0, 0.0), [], also=[None])["reliable"] is True
 
 
+def test_repeats_is_a_count_of_at_least_one_or_auto_else_one_error_line():
+    from dlscale.errors import UserError
+
+    assert reliability.parse_repeats("auto") == "auto" and reliability.parse_repeats("3") == 3
+    for bad in ("0", "-1", "x", "2.5", ""):
+        with pytest.raises(UserError, match=f"--repeats must be a whole number of at least 1 or 'auto', got '{bad}'"):
+            reliability.parse_repeats(bad)
+
+
 def test_proc_stat_is_read_on_this_machine(tmp_path):
     steal, total = reliability.cpu_times()
     assert 0 <= steal < total

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from dlscale.errors import UserError
 from dlscale.hardware.inventory import usable_cores
 
 CV_LIMIT = 0.10
@@ -208,10 +209,9 @@ def repeat(measure_once: Callable[[], float], repeats: int | str, budget_s: floa
 
 
 def parse_repeats(text: str) -> int | str:
-    """--repeats: a count of at least 1, or ``auto``; raises ValueError otherwise."""
+    """--repeats: a count of at least 1, or ``auto``; UserError otherwise."""
     if text == "auto":
         return text
-    count = int(text)
-    if count < 1:
-        raise ValueError(text)
-    return count
+    if not text.strip().isdigit() or int(text) < 1:
+        raise UserError(f"--repeats must be a whole number of at least 1 or 'auto', got {text!r}")
+    return int(text)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dlscale.errors import UserError
+from dlscale.progress import say
 
 
 def add_parser(subparsers: Any) -> None:
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     for size in settings.sizes:
         comm.shape_for("all_reduce", size, settings.dtype, 1)  # a size below one element is refused here
     console = make_console()
-    say = functools.partial(_say, console)
+    say_line = functools.partial(say, console)
     env = detect()
     if args.worker_of or env.world_size > 1 or args.nproc * args.nnodes == 1:  # a worker, or one rank here
         # a launched worker's lines reach the launcher's console through torchrun's copy of rank 0's output
@@ -103,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
             nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint,
             master_addr=args.master_addr, master_port=args.master_port,
         )
-        done = comm.launch_workers(settings, plan, args.device, _worker_flags(args), args.run_dir, say)
+        done = comm.launch_workers(settings, plan, args.device, _worker_flags(args), args.run_dir, say_line)
         if done is None:
-            say("done; rank 0 ran on another node, whose launcher prints and writes the result")
+            say_line("done; rank 0 ran on another node, whose launcher prints and writes the result")
     if done is not None:
         _report(console, *done, args.json)
     return 0
@@ -206,10 +207,10 @@ def _report(console: Any, result: dict[str, Any], path: Path, as_json: bool) -> 
     from dlscale.runs.files import to_json
 
     console.print(results_table(result))
-    _say(console, _note(result))
+    say(console, _note(result))
     if warning(result):
-        _say(console, warning(result))
-    _say(console, f"result: {path}")
+        say(console, warning(result))
+    say(console, f"result: {path}")
     if as_json:
         print(to_json(result), flush=True)
 
@@ -249,10 +250,6 @@ def _note(result: dict[str, Any]) -> str:
                  "stack, not a network.")
     return text
 
-
-def _say(console: Any, text: str) -> None:
-    """A plain line: no markup (paths hold brackets), no wrapping."""
-    console.print(text, markup=False, soft_wrap=True)
 
 
 def _human_seconds(seconds: float) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dlscale.cli.bench_infer import _say
+from dlscale.progress import say
 from dlscale.errors import UserError
 
 
@@ -66,12 +66,12 @@ def run(args: argparse.Namespace) -> int:
         seconds=args.seconds, augment=args.augment, image_size=args.image_size, device=args.device,
         train_steps=args.train_steps, run_dir=args.run_dir,
     )
-    result, path = run_bench_data(request, say=lambda text: _say(console, text))
+    result, path = run_bench_data(request, say=lambda text: say(console, text))
     _print_table(console, result)
-    _say(console, result["advice"])
+    say(console, result["advice"])
     if warning(result):
-        _say(console, warning(result))
-    _say(console, f"result written to {path}")
+        say(console, warning(result))
+    say(console, f"result written to {path}")
     if args.json:
         print(to_json(result), flush=True)
     return 0
@@ -89,4 +89,4 @@ def _print_table(console: Any, result: dict[str, Any]) -> None:
                       f"{r['startup_s']:.2f}", f"{r['train_samples_per_second']:,.0f}", "yes" if r["input_bound"] else "no")
     console.print(table)
     for name, d in result["decode"].items():
-        _say(console, f"decode alone, one process, {name}: {d['samples_per_second']:,.0f} samples/s (± {d['spread']:,.0f})")
+        say(console, f"decode alone, one process, {name}: {d['samples_per_second']:,.0f} samples/s (± {d['spread']:,.0f})")

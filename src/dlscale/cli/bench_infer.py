@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from dlscale.errors import UserError
+from dlscale.progress import say
 
 
 def add_parser(subparsers: Any) -> None:
@@ -57,10 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from dlscale.runs.files import to_json
 
     device = resolve_device(args.device)
-    try:
-        repeats = parse_repeats(args.repeats)
-    except ValueError:
-        raise UserError(f"--repeats must be a whole number of at least 1 or 'auto'; got {args.repeats!r}") from None
+    repeats = parse_repeats(args.repeats)
     if args.budget_s <= 0:
         raise UserError(f"--budget-s must be more than 0, got {args.budget_s}")
     settings = infer.InferSettings(
@@ -80,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = make_console()
     source = f"run {target.source_run}" if target.source_run else "fresh weights"
-    _say(
+    say(
         console,
         f"dlscale bench infer: {target.name} ({source}) · input {'x'.join(map(str, target.input_shape))} · "
         f"{describe(device)} · {settings.warmup} warm-up + {settings.batches} timed batches per setting"
@@ -92,18 +90,18 @@ def run(args: argparse.Namespace) -> int:
         result, path = run_bench_infer(target, settings, device, run_dir, note=bar.note, step=step)
     rows = result["results"]
     console.print(_table(target.name, describe(device), rows))
-    _say(console, _fastest(rows, target.source_run is not None))
+    say(console, _fastest(rows, target.source_run is not None))
     compiled = [r for r in rows if r["mode"] == "compiled" and not r["skipped"]]
     if compiled:  # compilation lands in warm-up: shown here, never inside the latencies
-        _say(console, "compiled warm-up (includes compiling): " + ", ".join(
+        say(console, "compiled warm-up (includes compiling): " + ", ".join(
             f"{r['precision']} batch {r['batch_size']} {r['warmup_seconds']:.1f} s" for r in compiled))
     unsettled = [r for r in rows if r["stable"] is False]
     if repeats == "auto":
-        _say(console, f"--repeats auto: {len(unsettled)} of {len(rows)} settings did not settle within 5% before --budget-s ran out"
+        say(console, f"--repeats auto: {len(unsettled)} of {len(rows)} settings did not settle within 5% before --budget-s ran out"
              if unsettled else "--repeats auto: every setting's median settled within 5%")
     if warning(result):
-        _say(console, warning(result))
-    _say(console, f"result: {path}")
+        say(console, warning(result))
+    say(console, f"result: {path}")
     if args.json:
         print(to_json(result), flush=True)
     return 0
@@ -131,10 +129,6 @@ def _integers(flag: str, text: str, sep: str) -> list[int]:
 
 # --------------------------------------------------------------------------- display
 
-
-def _say(console: Any, text: str) -> None:
-    """A plain line: no markup (paths and error messages hold brackets), no wrapping."""
-    console.print(text, markup=False, soft_wrap=True)
 
 
 def _number(value: float | None, digits: int = 3) -> str:

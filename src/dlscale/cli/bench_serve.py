@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dlscale.cli.bench_infer import _integers, _say
+from dlscale.cli.bench_infer import _integers
+from dlscale.progress import say
 from dlscale.errors import UserError
 
 
@@ -89,17 +90,17 @@ def run(args: argparse.Namespace) -> int:
 
     console = make_console()
     target = f"dlscale serve {args.run}" + (f" ({' '.join(flags)})" if flags else "") if args.run else args.url
-    _say(console, f"dlscale bench serve: {target} · {load.warmup:g} s warm-up + {load.duration:g} s per setting · p99 bound {load.p99_ms:g} ms")
+    say(console, f"dlscale bench serve: {target} · {load.warmup:g} s warm-up + {load.duration:g} s per setting · p99 bound {load.p99_ms:g} ms")
     with _Progress(console) as progress:
         result, path = run_bench_serve(
             load, run_dir, url=args.url, run=args.run, server_flags=flags, input_shape=shape,
-            step=progress.step, note=lambda text: _say(console, f"note: {text}"),
+            step=progress.step, note=lambda text: say(console, f"note: {text}"),
         )
     console.print(_table(result))
-    _say(console, _verdict(result))
+    say(console, _verdict(result))
     if warning(result):
-        _say(console, warning(result))
-    _say(console, f"result: {path}")
+        say(console, warning(result))
+    say(console, f"result: {path}")
     if args.json:
         print(to_json(result), flush=True)
     return 0
@@ -144,7 +145,7 @@ class _Progress:
             self.progress.stop()
 
     def step(self, label: str, seconds: float) -> None:
-        _say(self.console, f"{label} ({seconds:g} s)")
+        say(self.console, f"{label} ({seconds:g} s)")
         if self.progress is None:
             return
         if self.task is not None:

@@ -63,10 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     for name in ("steps", "max_batch"):
         _positive(name.replace("_", "-"), getattr(args, name))
-    try:
-        repeats = parse_repeats(args.repeats)
-    except ValueError:
-        raise UserError(f"--repeats must be a whole number of at least 1 or 'auto', got {args.repeats!r}") from None
+    repeats = parse_repeats(args.repeats)
     if args.budget_s <= 0:
         raise UserError(f"--budget-s must be more than 0, got {args.budget_s}")
     if args.warmup is not None and args.warmup < 0:
