@@ -153,9 +153,14 @@ def test_a_frozen_worker_ends_the_job_with_a_timeout_error(tmp_path):
     proc = _start([*SLOW, "--timeout", "8", "--run-dir", "frozen"], cwd=tmp_path)
     run_dir = tmp_path / "frozen"
     _wait_for(lambda: (run_dir / "checkpoints" / "step-8").exists())
-    victim = _workers_of(Path("frozen"))[-1]
+    workers = _workers_of(Path("frozen"))
+    victim = workers[-1]
     os.kill(victim, signal.SIGSTOP)
     try:
+        # once the healthy worker has timed out and left, the agent gives the stopped one 30 s
+        # to save (SIGTERM waits while it is stopped) before its SIGKILL: not this test's subject
+        _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers[:-1]))
+        os.kill(victim, signal.SIGKILL)
         out, err = proc.communicate(timeout=120)
     finally:
         try:

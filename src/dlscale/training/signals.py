@@ -70,10 +70,14 @@ class StopRequests:
         # launcher, whose workers then stop with it
         under_launcher = LAUNCHER_PID_ENV in os.environ
         if self.signum is not None and signum == signal.SIGINT and not under_launcher:
-            print("error: interrupted twice: stopped at once, without saving", file=sys.stderr, flush=True)
+            _say_now("error: interrupted twice: stopped at once, without saving")
             os._exit(128 + signum)
         if self.signum is None:
             self.signum = signum
+            if dist.is_main():  # said at once: the step it waits for may take minutes
+                again = "; Ctrl-C again stops at once, without saving" if signum == signal.SIGINT and not under_launcher else ""
+                _say_now(f"dlscale: {signal.Signals(signum).name} received: saving a checkpoint after this step, "
+                         f"then stopping{again}")
 
     def drill(self, step: int) -> None:
         """SIGTERM to this process after ``step`` when DRILL_ENV names it (rank 0 only)."""
@@ -105,6 +109,15 @@ def stop_quietly_under_launcher() -> None:
     if LAUNCHER_PID_ENV in os.environ and threading.current_thread() is threading.main_thread():
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
+
+
+def _say_now(line: str) -> None:
+    """One stderr line from a signal handler: a raw write, as the handler may have interrupted
+    a print to stderr (a second buffered write there raises "reentrant call")."""
+    try:
+        os.write(sys.stderr.fileno(), (line + "\n").encode())
+    except (AttributeError, OSError, ValueError):  # a notebook's stderr has no file descriptor
+        print(line, file=sys.stderr, flush=True)
 
 
 def die_with_launcher() -> None:
