@@ -19,6 +19,7 @@ import torch
 
 import dlscale
 from dlscale.bench import infer, targets
+from dlscale.bench.reliability import overlap
 from dlscale.cli import main
 from dlscale.errors import UserError
 
@@ -170,7 +171,13 @@ def test_json_last_line_carries_provenance_and_matches_the_result_file(run_bench
     # the human output: a table on stderr, the fastest setting and its accuracy
     err = run_bench["err"]
     assert "predictions/s" in err and "p99 ms" in err and "test acc" in err
-    assert "fastest:" in err and "test accuracy" in err
+    # a winner with its accuracy, or, on a machine loaded enough that the two fastest settings'
+    # repeats overlap (CI runs two test files at once), no winner
+    ranked = sorted((r for r in result["results"] if not r["skipped"]), key=lambda r: -r["predictions_per_second"])
+    if overlap(ranked[0], ranked[1], "predictions_per_second"):
+        assert "fastest: no clear winner between" in err, err
+    else:
+        assert "fastest:" in err and "test accuracy" in err, err
     assert "\x1b[" not in err  # no terminal: no escape codes, no progress bar
 
 
