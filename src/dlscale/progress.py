@@ -27,12 +27,12 @@ from rich.table import Table
 LINE_EVERY_S = 10.0  # off a terminal: the most a long run or setting stays silent, and the least between interval lines
 
 
-@functools.cache
 def say(console: Any, text: str) -> None:
     """A plain line: no markup (paths and error messages hold brackets), no wrapping."""
     console.print(text, markup=False, soft_wrap=True)
 
 
+@functools.cache
 def make_console() -> Console:
     """The process's one stderr console: a bar started inside another (a lab experiment's
     training under the lab's bar) then nests in one live display instead of fighting it."""

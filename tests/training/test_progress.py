@@ -22,3 +22,19 @@ def test_the_summary_warns_when_more_than_a_tenth_of_training_waited_for_data():
         text = console.export_text()
         assert ("warning: the steps waited for data 23% of the training time" in text) == warned, text
         assert ("--workers" in text) == warned
+
+
+def test_one_console_per_process_and_a_plain_line_each_time_it_is_said():
+    """A bar started under another nests only on the same console; a line said twice is printed twice."""
+    import io
+
+    from rich.console import Console
+
+    from dlscale.progress import make_console, say
+
+    assert make_console() is make_console()
+    out = io.StringIO()
+    console = Console(file=out, width=40)
+    say(console, "[not markup] result: /tmp/x")
+    say(console, "[not markup] result: /tmp/x")
+    assert out.getvalue() == "[not markup] result: /tmp/x\n" * 2

@@ -251,7 +251,6 @@ def _note(result: dict[str, Any]) -> str:
     return text
 
 
-
 def _human_seconds(seconds: float) -> str:
     if seconds < 1e-3:
         return f"{seconds * 1e6:.1f} µs"

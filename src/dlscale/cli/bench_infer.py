@@ -130,7 +130,6 @@ def _integers(flag: str, text: str, sep: str) -> list[int]:
 # --------------------------------------------------------------------------- display
 
 
-
 def _number(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
